@@ -1,0 +1,274 @@
+//! Factories: the `SecretFactory` trait and the default protected-memory factory with its policy.
+
+use crate::error::Error;
+use crate::region::{Locking, Memory, Region};
+use crate::secret::{Protection, Secret};
+use crate::sys;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Makes secrets.
+///
+/// ```
+/// use securememory::{ProtectedMemorySecretFactory, Secret, SecretFactory};
+///
+/// fn load_key(factory: &dyn SecretFactory, raw: &mut [u8]) -> Result<Secret, securememory::Error> {
+///     factory.new(raw)
+/// }
+/// let mut raw = vec![42u8; 32];
+/// let key = load_key(&ProtectedMemorySecretFactory::default(), &mut raw)?;
+/// assert_eq!(key.len(), 32);
+/// assert!(raw.iter().all(|&b| b == 0));
+/// # Ok::<(), securememory::Error>(())
+/// ```
+pub trait SecretFactory: Send + Sync {
+    /// Copies `bytes` into a new secret, then wipes `bytes`.
+    ///
+    /// On failure `bytes` is left untouched, so the caller can retry or wipe it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`] for an empty slice; the factory's own errors otherwise.
+    fn new(&self, bytes: &mut [u8]) -> Result<Secret, Error>;
+
+    /// Makes a secret of `len` random bytes, generated directly in its protected memory.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`] for zero or an unmappable length; [`Error::Random`] when the
+    /// OS random-number generator fails; the factory's own errors otherwise.
+    fn create_random(&self, len: usize) -> Result<Secret, Error>;
+}
+
+/// Where a secret's bytes live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backing {
+    /// Secret memory where the kernel offers it, anonymous memory otherwise.
+    #[default]
+    Auto,
+    /// Private anonymous memory: locked, guarded and inaccessible while idle, but readable by the
+    /// kernel (and so by root through `/proc/PID/mem`).
+    Anonymous,
+    /// `memfd_secret(2)` memory (Linux 5.14 and later): removed from the kernel's direct map, so
+    /// not even root can read it from outside the process. Fails where unavailable.
+    SecretMem,
+}
+
+impl Backing {
+    fn name(self) -> &'static str {
+        match self {
+            Backing::Auto => "automatic",
+            Backing::Anonymous => "anonymous",
+            Backing::SecretMem => "memfd_secret",
+        }
+    }
+}
+
+/// What to do when memory cannot be locked in RAM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MlockPolicy {
+    /// Fail with [`Error::MemoryLockLimit`].
+    #[default]
+    Required,
+    /// Go on with unlocked memory, log a warning once per factory, and report it in
+    /// [`Secret::protection`].
+    BestEffort,
+    /// Never lock (secret memory is locked by the kernel regardless).
+    Disabled,
+}
+
+/// The default factory: every secret in its own guarded, locked, access-controlled pages.
+///
+/// `Default` gives the safest configuration this OS supports: [`Backing::Auto`],
+/// [`MlockPolicy::Required`], guard pages on. Use [`builder`](Self::builder) to change it.
+///
+/// ```
+/// use securememory::{Backing, MlockPolicy, ProtectedMemorySecretFactory, SecretFactory};
+///
+/// let factory = ProtectedMemorySecretFactory::builder()
+///     .backing(Backing::Anonymous)
+///     .mlock(MlockPolicy::BestEffort)
+///     .guard_pages(true)
+///     .build();
+/// let secret = factory.create_random(32)?;
+/// println!("{:?}", secret.protection());
+/// # Ok::<(), securememory::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ProtectedMemorySecretFactory {
+    backing: Backing,
+    mlock: MlockPolicy,
+    guard_pages: bool,
+    warned_unlocked: AtomicBool,
+}
+
+impl Default for ProtectedMemorySecretFactory {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+/// Configures a [`ProtectedMemorySecretFactory`].
+#[derive(Clone, Copy, Debug)]
+#[must_use]
+pub struct FactoryBuilder {
+    backing: Backing,
+    mlock: MlockPolicy,
+    guard_pages: bool,
+}
+
+impl FactoryBuilder {
+    /// Where secrets' bytes live (default [`Backing::Auto`]).
+    pub fn backing(mut self, backing: Backing) -> Self {
+        self.backing = backing;
+        self
+    }
+
+    /// What to do when memory cannot be locked (default [`MlockPolicy::Required`]).
+    pub fn mlock(mut self, policy: MlockPolicy) -> Self {
+        self.mlock = policy;
+        self
+    }
+
+    /// Whether to put an inaccessible guard page on each side of every secret (default on).
+    pub fn guard_pages(mut self, enabled: bool) -> Self {
+        self.guard_pages = enabled;
+        self
+    }
+
+    /// Makes the factory.
+    pub fn build(self) -> ProtectedMemorySecretFactory {
+        // Install the fork handler before any secret exists.
+        sys::fork_generation();
+        ProtectedMemorySecretFactory {
+            backing: self.backing,
+            mlock: self.mlock,
+            guard_pages: self.guard_pages,
+            warned_unlocked: AtomicBool::new(false),
+        }
+    }
+}
+
+impl ProtectedMemorySecretFactory {
+    /// A builder starting from the defaults.
+    pub fn builder() -> FactoryBuilder {
+        FactoryBuilder {
+            backing: Backing::Auto,
+            mlock: MlockPolicy::Required,
+            guard_pages: true,
+        }
+    }
+
+    fn locking(&self) -> Locking {
+        match self.mlock {
+            MlockPolicy::Required => Locking::Required,
+            MlockPolicy::BestEffort => Locking::BestEffort,
+            MlockPolicy::Disabled => Locking::Disabled,
+        }
+    }
+
+    /// Maps a writable region for `len` bytes under this factory's policy.
+    fn region(&self, len: usize) -> Result<(Region, Protection), Error> {
+        let locking = self.locking();
+        let (region, obtained, memory) = match self.backing {
+            Backing::Anonymous => {
+                let (r, o) = Region::new(len, Memory::Anonymous, locking, self.guard_pages)?;
+                (r, o, Memory::Anonymous)
+            }
+            Backing::SecretMem => {
+                if !sys::secretmem_available() {
+                    return Err(Error::BackingUnavailable {
+                        backing: Backing::SecretMem.name(),
+                        reason: "memfd_secret(2) is not offered by this kernel (Linux 5.14+, \
+                                 secretmem.enable=1 before 6.5)"
+                            .into(),
+                    });
+                }
+                let (r, o) = Region::new(len, Memory::SecretMem, locking, self.guard_pages)?;
+                (r, o, Memory::SecretMem)
+            }
+            Backing::Auto if sys::secretmem_available() => {
+                match Region::new(len, Memory::SecretMem, locking, self.guard_pages) {
+                    Ok((r, o)) => (r, o, Memory::SecretMem),
+                    // Secret memory is charged to RLIMIT_MEMLOCK; past it, anonymous memory
+                    // may still be had unlocked when the policy allows.
+                    Err(Error::MemoryLockLimit { .. }) if locking != Locking::Required => {
+                        let (r, o) =
+                            Region::new(len, Memory::Anonymous, locking, self.guard_pages)?;
+                        (r, o, Memory::Anonymous)
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            Backing::Auto => {
+                let (r, o) = Region::new(len, Memory::Anonymous, locking, self.guard_pages)?;
+                (r, o, Memory::Anonymous)
+            }
+        };
+        if !obtained.locked
+            && locking == Locking::BestEffort
+            && !self.warned_unlocked.swap(true, Ordering::Relaxed)
+        {
+            log::warn!(
+                "secret memory is not locked in RAM and may be swapped: the locked-memory limit \
+                 RLIMIT_MEMLOCK ({}) is reached; raise it with `ulimit -l` or systemd \
+                 `LimitMEMLOCK=` (further warnings from this factory are suppressed)",
+                sys::memlock_limit().map_or("unlimited".to_string(), |b| format!("{b} bytes"))
+            );
+        }
+        let secretmem = memory == Memory::SecretMem;
+        let protection = Protection {
+            backing: if secretmem {
+                Backing::SecretMem
+            } else {
+                Backing::Anonymous
+            },
+            locked: obtained.locked,
+            dump_excluded: obtained.dump_excluded,
+            fork_protected: obtained.fork_protected,
+            guard_pages: self.guard_pages,
+            kernel_invisible: secretmem,
+        };
+        Ok((region, protection))
+    }
+
+    /// Fills a fresh region with `fill`, makes it inaccessible, and wraps it in a secret. On any
+    /// failure the region is wiped and unmapped (by its `Drop`).
+    fn make(
+        &self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
+    ) -> Result<Secret, Error> {
+        let (region, protection) = self.region(len)?;
+        // SAFETY: `Region::new` left the pages readable and writable, and no other reference to
+        // them exists until the secret is built; the slice is dead before the protection change.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(region.bytes().as_ptr(), len) };
+        fill(bytes)?;
+        crate::access::Gate::close(&region)?;
+        Ok(Secret::from_region(region, protection))
+    }
+}
+
+impl SecretFactory for ProtectedMemorySecretFactory {
+    fn new(&self, bytes: &mut [u8]) -> Result<Secret, Error> {
+        let secret = self.make(bytes.len(), |destination| {
+            destination.copy_from_slice(bytes);
+            Ok(())
+        })?;
+        zeroize::Zeroize::zeroize(bytes);
+        Ok(secret)
+    }
+
+    fn create_random(&self, len: usize) -> Result<Secret, Error> {
+        self.make(len, |destination| {
+            #[cfg(test)]
+            sys::fault::check(sys::Op::Random).map_err(Error::Random)?;
+            getrandom::fill(destination).map_err(|e| {
+                Error::Random(e.raw_os_error().map_or_else(
+                    || io::Error::other(e.to_string()),
+                    io::Error::from_raw_os_error,
+                ))
+            })
+        })
+    }
+}

@@ -1,0 +1,286 @@
+//! `Region`: one owned mapping laid out as `[guard][data pages][guard]`.
+//!
+//! The secret's bytes sit at the *end* of the data pages, right against the trailing guard, so
+//! reading or writing even one byte past the end faults. Guard pages are reserved address space
+//! that is never committed, never locked, and always inaccessible; with secret-memory backing
+//! they cost no secret-memory quota because only the data pages are mapped from the
+//! `memfd_secret` descriptor.
+//!
+//! The region hands out raw pointers only; turning them into slices is the caller's job, inside
+//! an access window. Dropping a region wipes its bytes, unlocks and unmaps it.
+
+use crate::access::{Gate, Mode};
+use crate::error::Error;
+use crate::sys::{self, PageProtection};
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Where a region's data pages come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Memory {
+    Anonymous,
+    SecretMem,
+}
+
+/// How a region wants its data pages locked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Locking {
+    /// Fail when the pages cannot be locked.
+    Required,
+    /// Go on unlocked when the locked-memory limit refuses.
+    BestEffort,
+    /// Do not lock.
+    Disabled,
+}
+
+/// What a region got from the OS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Obtained {
+    pub(crate) locked: bool,
+    pub(crate) dump_excluded: bool,
+    pub(crate) fork_protected: bool,
+}
+
+pub(crate) struct Region {
+    base: NonNull<u8>,
+    total_len: usize,
+    data: NonNull<u8>,
+    data_len: usize,
+    len: usize,
+    memory: Memory,
+    locked: bool,
+    fork_generation: u64,
+    released: AtomicBool,
+}
+
+// SAFETY: a region is a plain owned mapping; every touch of its bytes goes through the access
+// protocol in `access`, which serialises protection changes and excludes writers from readers.
+unsafe impl Send for Region {}
+// SAFETY: as above; `&Region` exposes only raw pointers and protection changes.
+unsafe impl Sync for Region {}
+
+/// Page-rounded sizes of a region for a secret of `len` bytes, or `None` when it cannot be mapped.
+fn layout(len: usize, page: usize, guard_pages: bool) -> Option<(usize, usize)> {
+    if len == 0 {
+        return None;
+    }
+    let data_len = len.checked_next_multiple_of(page)?;
+    let guard_len = if guard_pages { page } else { 0 };
+    let total = data_len.checked_add(2 * guard_len)?;
+    (total <= isize::MAX as usize).then_some((data_len, guard_len))
+}
+
+fn is_lock_limit(error: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            error.raw_os_error(),
+            Some(libc::ENOMEM | libc::EPERM | libc::EAGAIN)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        // ERROR_WORKING_SET_QUOTA (1453) and ERROR_NOT_ENOUGH_QUOTA (1816).
+        matches!(error.raw_os_error(), Some(1453 | 1816))
+    }
+}
+
+impl Region {
+    /// Maps a region for `len` bytes and leaves its data pages readable and writable, for the
+    /// caller to fill and then [`Gate::close`].
+    pub(crate) fn new(
+        len: usize,
+        memory: Memory,
+        locking: Locking,
+        guard_pages: bool,
+    ) -> Result<(Region, Obtained), Error> {
+        let page = sys::page_size();
+        let (data_len, guard_len) = layout(len, page, guard_pages).ok_or(Error::InvalidLength)?;
+        let total_len = data_len + 2 * guard_len;
+        let fork_generation = sys::fork_generation();
+        let base = sys::reserve(total_len).map_err(|e| Error::os("mmap", e))?;
+        // SAFETY: guard_len < total_len, so the data pages start inside the reservation.
+        let data = unsafe { base.add(guard_len) };
+        // From here on, dropping `region` unmaps the reservation (nothing is in it to wipe yet).
+        let mut region = Region {
+            base,
+            total_len,
+            data,
+            data_len,
+            len,
+            memory,
+            locked: false,
+            fork_generation,
+            released: AtomicBool::new(false),
+        };
+        match region.commit(locking) {
+            Ok(obtained) => Ok((region, obtained)),
+            Err(error) => {
+                region.unmap_unfilled();
+                Err(error)
+            }
+        }
+    }
+
+    /// Unmaps a region that never held secret bytes, skipping the wipe (which could not work
+    /// when committing the pages was what failed).
+    fn unmap_unfilled(&self) {
+        self.released.store(true, Ordering::Release);
+        // SAFETY: exactly the reservation made in `new`; nothing uses it after this.
+        if let Err(e) = unsafe { sys::release(self.base, self.total_len) } {
+            log::error!("munmap of an unfilled secret region failed: {e}");
+        }
+    }
+
+    fn commit(&mut self, locking: Locking) -> Result<Obtained, Error> {
+        let (data, data_len) = (self.data, self.data_len);
+        let secretmem = self.memory == Memory::SecretMem;
+        if secretmem {
+            // SAFETY: the data pages lie inside our reservation and hold nothing yet.
+            unsafe { sys::map_secretmem(data, data_len) }.map_err(|source| {
+                if is_lock_limit(&source) {
+                    Error::MemoryLockLimit {
+                        requested: data_len,
+                        limit: sys::memlock_limit(),
+                        source,
+                    }
+                } else {
+                    Error::os("memfd_secret mmap", source)
+                }
+            })?;
+            // The kernel locks secret memory itself and excludes it from dumps.
+            self.locked = true;
+        } else {
+            // SAFETY: the data pages lie inside our reservation and hold nothing yet.
+            unsafe { sys::commit_anonymous(data, data_len) }
+                .map_err(|e| Error::os("mprotect", e))?;
+            if locking != Locking::Disabled {
+                // SAFETY: committed, readable and writable pages of our reservation.
+                match unsafe { sys::lock(data, data_len) } {
+                    Ok(()) => self.locked = true,
+                    Err(source) if is_lock_limit(&source) => {
+                        if locking == Locking::Required {
+                            return Err(Error::MemoryLockLimit {
+                                requested: data_len,
+                                limit: sys::memlock_limit(),
+                                source,
+                            });
+                        }
+                    }
+                    Err(source) => return Err(Error::os("mlock", source)),
+                }
+            }
+        }
+        let dump_excluded = if secretmem {
+            true
+        } else {
+            // SAFETY: committed pages of our reservation.
+            unsafe { sys::exclude_from_dump(data, data_len) }
+                .map_err(|e| Error::os("madvise(MADV_DONTDUMP)", e))?
+        };
+        // SAFETY: committed pages of our reservation.
+        let fork_protected = unsafe { sys::exclude_from_fork(data, data_len, secretmem) }
+            .map_err(|e| Error::os("madvise(fork)", e))?;
+        Ok(Obtained {
+            locked: self.locked,
+            dump_excluded,
+            fork_protected,
+        })
+    }
+
+    /// The first byte of the secret (right-aligned against the trailing guard).
+    pub(crate) fn bytes(&self) -> NonNull<u8> {
+        // SAFETY: len <= data_len, so the result stays inside the data pages.
+        unsafe { self.data.add(self.data_len - self.len) }
+    }
+
+    /// The secret's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether this process is a fork of the one that made the region.
+    pub(crate) fn in_forked_child(&self) -> bool {
+        sys::fork_generation() != self.fork_generation
+    }
+
+    fn set_protection(&self, prot: PageProtection) -> Result<(), Error> {
+        // SAFETY: the data pages are committed pages of our live reservation; the access protocol
+        // guarantees no slice into them outlives the access that the change ends.
+        unsafe { sys::protect(self.data, self.data_len, prot) }
+            .map_err(|e| Error::os("mprotect", e))
+    }
+
+    /// Wipes the secret, unlocks and unmaps. Runs once; later calls do nothing.
+    ///
+    /// When the pages cannot be made writable for wiping, they are left mapped, inaccessible and
+    /// locked (leaked) rather than returned to the OS with the secret in them.
+    pub(crate) fn release(&self) -> Result<(), Error> {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut first_error = None;
+        // A forked child holds zeros (MADV_WIPEONFORK) or nothing at all (MADV_DONTFORK) here.
+        if !self.in_forked_child() {
+            self.set_protection(PageProtection::ReadWrite)?;
+            // SAFETY: the pages are writable, and no access is in flight (the caller holds the
+            // access protocol closed), so this is the only reference to the bytes.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(self.bytes().as_ptr(), self.len) };
+            zeroize::Zeroize::zeroize(bytes);
+            if self.locked && self.memory == Memory::Anonymous {
+                // SAFETY: committed pages of our reservation.
+                if let Err(e) = unsafe { sys::unlock(self.data, self.data_len) } {
+                    first_error = Some(Error::os("munlock", e));
+                }
+            }
+        }
+        // SAFETY: exactly the reservation made in `new`; nothing uses it after this.
+        if let Err(e) = unsafe { sys::release(self.base, self.total_len) } {
+            first_error.get_or_insert(Error::os("munmap", e));
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Gate for Region {
+    #[inline]
+    fn open(&self, mode: Mode) -> Result<(), Error> {
+        self.set_protection(match mode {
+            Mode::Read => PageProtection::ReadOnly,
+            Mode::Write => PageProtection::ReadWrite,
+        })
+    }
+
+    #[inline]
+    fn close(&self) -> Result<(), Error> {
+        self.set_protection(PageProtection::NoAccess)
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Err(error) = self.release() {
+            log::error!("releasing secret memory failed: {error}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_rounds_to_pages_and_adds_guards() {
+        assert_eq!(layout(1, 4096, true), Some((4096, 4096)));
+        assert_eq!(layout(4096, 4096, true), Some((4096, 4096)));
+        assert_eq!(layout(4097, 4096, false), Some((8192, 0)));
+    }
+
+    #[test]
+    fn layout_refuses_zero_and_unmappable_lengths() {
+        assert_eq!(layout(0, 4096, true), None);
+        assert_eq!(layout(usize::MAX, 4096, true), None);
+        assert_eq!(layout(isize::MAX as usize, 4096, true), None);
+    }
+}

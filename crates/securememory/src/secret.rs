@@ -1,0 +1,323 @@
+//! `Secret`: a region plus its access state. The public type.
+
+use crate::access::{Access, Mode};
+use crate::error::Error;
+use crate::factory::Backing;
+use crate::region::Region;
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::ptr;
+
+/// What protections a secret actually got on this machine.
+///
+/// A factory asks for protections; the OS decides what it can give. This report says what
+/// happened for one secret, so callers (and `securemem doctor`) can tell a guarantee from a wish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Protection {
+    /// Where the bytes live: [`Backing::SecretMem`] or [`Backing::Anonymous`] (never `Auto`).
+    pub backing: Backing,
+    /// The pages are locked in RAM and are never swapped out.
+    pub locked: bool,
+    /// The pages are left out of core dumps (`MADV_DONTDUMP`, `MAP_NOCORE`, `MAP_CONCEAL`, or
+    /// secret memory).
+    pub dump_excluded: bool,
+    /// A forked child never sees the bytes (it gets zeros or no mapping).
+    pub fork_protected: bool,
+    /// An inaccessible guard page sits on each side of the data.
+    pub guard_pages: bool,
+    /// The pages are removed from the kernel's direct map: unreadable through `/proc/PID/mem`,
+    /// `process_vm_readv` and ptrace, even by root (`memfd_secret(2)`).
+    pub kernel_invisible: bool,
+}
+
+/// A secret held in protected memory.
+///
+/// The bytes are readable only inside [`with_bytes`](Secret::with_bytes) (and writable only inside
+/// [`with_bytes_mut`](Secret::with_bytes_mut)); the rest of the time their pages are
+/// inaccessible, so a stray read faults. The memory is locked (never swapped), excluded from core
+/// dumps and from forked children, and wiped when the secret is closed or dropped.
+///
+/// Share a secret between threads with [`std::sync::Arc`]: readers on different threads overlap,
+/// and a reader that arrives while the memory is already open costs one atomic operation.
+///
+/// ```
+/// use securememory::{ProtectedMemorySecretFactory, SecretFactory};
+///
+/// let factory = ProtectedMemorySecretFactory::default();
+/// let mut key = *b"0123456789abcdef0123456789abcdef";
+/// let secret = factory.new(&mut key)?;
+/// assert_eq!(key, [0; 32], "the source is wiped");
+/// let first = secret.with_bytes(|bytes| bytes[0])?;
+/// assert_eq!(first, b'0');
+/// secret.close()?;
+/// assert!(secret.with_bytes(|_| ()).is_err());
+/// # Ok::<(), securememory::Error>(())
+/// ```
+pub struct Secret {
+    access: Access,
+    region: Region,
+    protection: Protection,
+}
+
+// One frame per access in progress on this thread, linked through the stack, so a thread can tell
+// whether it is already inside an access to a given secret without allocating.
+struct Frame {
+    access: *const Access,
+    mode: Mode,
+    outer: *const Frame,
+}
+
+thread_local! {
+    static INNERMOST: Cell<*const Frame> = const { Cell::new(ptr::null()) };
+}
+
+/// Links a frame for the duration of an access; unlinks it on drop, panics included.
+struct Entered<'f> {
+    frame: &'f Frame,
+}
+
+impl<'f> Entered<'f> {
+    fn link(frame: &'f Frame) -> Self {
+        INNERMOST.with(|innermost| innermost.set(frame));
+        Entered { frame }
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        INNERMOST.with(|innermost| innermost.set(self.frame.outer));
+    }
+}
+
+fn held_by_this_thread(access: &Access) -> Option<Mode> {
+    let mut frame = INNERMOST.with(Cell::get);
+    while !frame.is_null() {
+        // SAFETY: linked frames live on this thread's stack until their `Entered` unlinks them,
+        // which happens before they go out of scope.
+        let f = unsafe { &*frame };
+        if ptr::eq(f.access, access) {
+            return Some(f.mode);
+        }
+        frame = f.outer;
+    }
+    None
+}
+
+impl Secret {
+    pub(crate) fn from_region(region: Region, protection: Protection) -> Secret {
+        Secret {
+            access: Access::new(),
+            region,
+            protection,
+        }
+    }
+
+    /// Runs `action` with the secret's bytes and returns its result.
+    ///
+    /// The bytes are readable only for the duration of the call. Many threads may read at once,
+    /// and a thread may nest reads of the same secret. The slice cannot escape the closure; copy
+    /// out only what you must, into memory you wipe.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once [`close`](Secret::close) has started (the closure is not run);
+    /// [`Error::Reentrant`] inside [`with_bytes_mut`](Secret::with_bytes_mut) of the same secret
+    /// on the same thread; [`Error::Forked`] in a forked child; [`Error::Os`] when the memory
+    /// cannot be made readable, or cannot be made inaccessible again afterwards (the closure
+    /// has then run; the failure is retried by the next access and by `close`).
+    ///
+    /// # Panics
+    /// A panic in `action` propagates after the access is released.
+    #[inline]
+    pub fn with_bytes<R>(&self, action: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
+        let nested = match held_by_this_thread(&self.access) {
+            None => false,
+            Some(Mode::Read) => true,
+            Some(Mode::Write) => {
+                return Err(Error::Reentrant {
+                    operation: "with_bytes",
+                })
+            }
+        };
+        self.refuse_in_forked_child()?;
+        let held = self.access.read(&self.region, nested)?;
+        let frame = Frame {
+            access: &self.access,
+            mode: Mode::Read,
+            outer: INNERMOST.with(Cell::get),
+        };
+        let entered = Entered::link(&frame);
+        // SAFETY: the read access just taken keeps the pages readable and unmapped-proof until
+        // `held` is released, which happens after the slice's last use inside `action`.
+        let bytes = unsafe { std::slice::from_raw_parts(self.region.bytes().as_ptr(), self.len()) };
+        let result = action(bytes);
+        drop(entered);
+        held.release()?;
+        Ok(result)
+    }
+
+    /// Runs `action` with exclusive, writable access to the secret's bytes.
+    ///
+    /// Waits for readers to leave; readers wait for it.
+    ///
+    /// # Errors
+    /// As [`with_bytes`](Secret::with_bytes); also [`Error::Reentrant`] when called inside any
+    /// access to the same secret on the same thread.
+    ///
+    /// ```
+    /// use securememory::{ProtectedMemorySecretFactory, SecretFactory};
+    ///
+    /// let secret = ProtectedMemorySecretFactory::default().create_random(16)?;
+    /// secret.with_bytes_mut(|bytes| bytes.fill(7))?;
+    /// assert!(secret.with_bytes(|bytes| bytes.iter().all(|&b| b == 7))?);
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    pub fn with_bytes_mut<R>(&self, action: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error> {
+        if held_by_this_thread(&self.access).is_some() {
+            return Err(Error::Reentrant {
+                operation: "with_bytes_mut",
+            });
+        }
+        self.refuse_in_forked_child()?;
+        let held = self.access.write(&self.region)?;
+        let frame = Frame {
+            access: &self.access,
+            mode: Mode::Write,
+            outer: INNERMOST.with(Cell::get),
+        };
+        let entered = Entered::link(&frame);
+        // SAFETY: the exclusive write access keeps the pages writable and excludes every other
+        // reference until `held` is released, after the slice's last use inside `action`.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(self.region.bytes().as_ptr(), self.len()) };
+        let result = action(bytes);
+        drop(entered);
+        held.release()?;
+        Ok(result)
+    }
+
+    /// A reader over the secret's bytes: each `read` call is one access.
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use securememory::{ProtectedMemorySecretFactory, SecretFactory};
+    ///
+    /// let secret = ProtectedMemorySecretFactory::default().new(&mut *b"token".to_vec())?;
+    /// let mut copy = Vec::new();
+    /// secret.reader().read_to_end(&mut copy).unwrap();
+    /// assert_eq!(copy, b"token");
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    pub fn reader(&self) -> SecretReader<'_> {
+        SecretReader {
+            secret: self,
+            position: 0,
+        }
+    }
+
+    /// The secret's length in bytes.
+    pub fn len(&self) -> usize {
+        self.region.len()
+    }
+
+    /// Always `false`: a secret holds at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether [`close`](Secret::close) has started. True from the moment it is called.
+    pub fn is_closed(&self) -> bool {
+        self.access.is_closed()
+    }
+
+    /// What protections this secret actually got on this machine.
+    pub fn protection(&self) -> Protection {
+        self.protection
+    }
+
+    /// Closes the secret: refuses new accesses at once, waits for accesses in flight, then
+    /// wipes, unlocks and unmaps its memory.
+    ///
+    /// Idempotent: every call, concurrent ones included, returns once the secret is fully
+    /// closed. Closing is terminal even when a step fails: the error is returned and the secret
+    /// stays closed; memory that could not be wiped is left mapped and inaccessible rather than
+    /// returned to the OS.
+    ///
+    /// # Errors
+    /// [`Error::Reentrant`] when called from inside an access to this secret on the same thread
+    /// (the secret stays open); [`Error::Os`] when wiping or unmapping failed.
+    pub fn close(&self) -> Result<(), Error> {
+        if held_by_this_thread(&self.access).is_some() {
+            return Err(Error::Reentrant { operation: "close" });
+        }
+        self.access.close(|| self.region.release())
+    }
+
+    fn refuse_in_forked_child(&self) -> Result<(), Error> {
+        if self.region.in_forked_child() {
+            Err(Error::Forked)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        if let Err(error) = self.close() {
+            log::error!("closing a dropped secret failed: {error}");
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("len", &self.len())
+            .field("closed", &self.is_closed())
+            .field("bytes", &format_args!("<redacted>"))
+            .finish()
+    }
+}
+
+/// An [`io::Read`] over a secret's bytes, made by [`Secret::reader`].
+///
+/// Each `read` call makes one access and copies as much as fits. At the end, `read` returns
+/// `Ok(0)`; after the secret is closed it returns an error.
+pub struct SecretReader<'a> {
+    secret: &'a Secret,
+    position: usize,
+}
+
+impl io::Read for SecretReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.secret.is_closed() {
+            return Err(io::Error::other(Error::Closed));
+        }
+        let position = self.position;
+        if position >= self.secret.len() || buf.is_empty() {
+            return Ok(0);
+        }
+        let copied = self
+            .secret
+            .with_bytes(|bytes| {
+                let rest = &bytes[position..];
+                let n = rest.len().min(buf.len());
+                buf[..n].copy_from_slice(&rest[..n]);
+                n
+            })
+            .map_err(io::Error::other)?;
+        self.position += copied;
+        Ok(copied)
+    }
+}
+
+impl fmt::Debug for SecretReader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretReader")
+            .field("len", &self.secret.len())
+            .field("position", &self.position)
+            .finish()
+    }
+}

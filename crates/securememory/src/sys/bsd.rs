@@ -1,0 +1,341 @@
+//! Unix other than Linux: macOS (and the other Apple OSes), FreeBSD, DragonFly, OpenBSD, NetBSD,
+//! and a portable fallback for the rest (illumos, Solaris, Haiku, AIX, ...).
+//!
+//! Everything but two operations is plain POSIX from [`unix`](super::unix). The two:
+//!
+//! | OS | out of core dumps | out of a forked child |
+//! |---|---|---|
+//! | FreeBSD | `MAP_NOCORE` when reserving | `minherit(INHERIT_ZERO)`: zeros in the child |
+//! | DragonFly | `MAP_NOCORE` when reserving | `minherit(INHERIT_NONE)`: absent in the child |
+//! | OpenBSD | `MAP_CONCEAL` when reserving | `minherit(MAP_INHERIT_ZERO)`: zeros in the child |
+//! | NetBSD | — | `minherit(MAP_INHERIT_ZERO)`: zeros in the child |
+//! | macOS, iOS, ... | — | `minherit(VM_INHERIT_NONE)`: absent in the child |
+//! | Android | `madvise(MADV_DONTDUMP)` | `madvise(MADV_WIPEONFORK)`: zeros in the child |
+//! | others | — | — |
+//!
+//! The dump flag is set on the whole reservation by [`reserve`] rather than later with
+//! `madvise(MADV_NOCORE)` (FreeBSD, DragonFly): the range is out of dumps from the moment it
+//! exists, guard pages included, at no extra system call, and `mprotect`/`mlock` keep the flag of
+//! the map entry when they split it. [`exclude_from_dump`] therefore does nothing there and
+//! reports `Ok(true)`, trusting that its range came from [`reserve`] (the contract of
+//! [`super::exclude_from_dump`]).
+//!
+//! There is no `memfd_secret(2)` here: [`secretmem_available`] is `false` and [`map_secretmem`]
+//! fails with `ENOSYS`.
+
+use super::unix;
+use super::PageProtection;
+use std::io;
+use std::ptr::NonNull;
+
+/// The `mmap(2)` flag that keeps a mapping out of core dumps from the moment it exists, or `0`
+/// where the OS has none.
+#[cfg(any(target_os = "freebsd", target_os = "dragonfly"))]
+const NO_CORE_MAP_FLAG: libc::c_int = libc::MAP_NOCORE;
+#[cfg(target_os = "openbsd")]
+const NO_CORE_MAP_FLAG: libc::c_int = libc::MAP_CONCEAL;
+#[cfg(not(any(target_os = "freebsd", target_os = "dragonfly", target_os = "openbsd")))]
+const NO_CORE_MAP_FLAG: libc::c_int = 0;
+
+/// The `minherit(2)` value that keeps the bytes of a range away from a forked child.
+#[cfg(target_os = "freebsd")]
+const FORK_INHERIT: libc::c_int = libc::INHERIT_ZERO;
+#[cfg(target_os = "dragonfly")]
+const FORK_INHERIT: libc::c_int = libc::INHERIT_NONE;
+#[cfg(any(target_os = "openbsd", target_os = "netbsd"))]
+const FORK_INHERIT: libc::c_int = libc::MAP_INHERIT_ZERO;
+#[cfg(target_vendor = "apple")]
+const FORK_INHERIT: libc::c_int = libc::VM_INHERIT_NONE;
+
+/// `sysconf(_SC_PAGESIZE)`—The size of a page.
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/sysconf.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=sysconf&sektion=3)
+/// - [OpenBSD](https://man.openbsd.org/sysconf.3)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man3/sysconf.3.html)
+pub(super) fn page_size() -> usize {
+    unix::page_size()
+}
+
+/// `mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANON | MAP_NOCORE, -1, 0)`—Reserve address
+/// space that faults on touch; `MAP_NOCORE` on FreeBSD and DragonFly, `MAP_CONCEAL` on OpenBSD
+/// (left out of core dumps), no extra flag elsewhere.
+///
+/// # References
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mmap&sektion=2)
+/// - [DragonFly](https://man.dragonflybsd.org/?command=mmap&section=2)
+/// - [OpenBSD](https://man.openbsd.org/mmap.2)
+/// - [NetBSD](https://man.netbsd.org/mmap.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mmap.2.html)
+pub(super) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
+    unix::mmap_reserve(len, NO_CORE_MAP_FLAG)
+}
+
+/// `mprotect(addr, len, PROT_READ | PROT_WRITE)`—Commit reserved pages by making them
+/// writable; the kernel backs them with zeroed memory on first touch.
+///
+/// `mprotect` (not `mmap(MAP_FIXED)`) keeps the map entry, so the dump flag set by [`reserve`]
+/// stays on it.
+///
+/// # Safety
+/// See [`super::commit_anonymous`].
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/mprotect.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mprotect&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/mprotect.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mprotect.2.html)
+pub(super) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller: the range is inside its own reservation.
+    unsafe { unix::mprotect(addr, len, PageProtection::ReadWrite) }
+}
+
+/// `mprotect(addr, len, prot)`—Change the protection of committed pages.
+///
+/// # Safety
+/// See [`super::protect`].
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/mprotect.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mprotect&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/mprotect.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mprotect.2.html)
+pub(super) unsafe fn protect(
+    addr: NonNull<u8>,
+    len: usize,
+    prot: PageProtection,
+) -> io::Result<()> {
+    // SAFETY: forwarded from the caller: committed pages of a live reservation.
+    unsafe { unix::mprotect(addr, len, prot) }
+}
+
+/// `mlock(addr, len)`—Lock pages in RAM. Bounded by `RLIMIT_MEMLOCK` (and on macOS also by the
+/// `vm.user_wire_limit` sysctl).
+///
+/// # Safety
+/// See [`super::lock`].
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/mlock.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mlock&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/mlock.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mlock.2.html)
+pub(super) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller: committed pages of a live reservation.
+    unsafe { unix::mlock(addr, len) }
+}
+
+/// `munlock(addr, len)`—Unlock pages.
+///
+/// # Safety
+/// See [`super::unlock`].
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/munlock.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=munlock&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/munlock.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/munlock.2.html)
+pub(super) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller: committed pages of a live reservation.
+    unsafe { unix::munlock(addr, len) }
+}
+
+/// `munmap(addr, len)`—Remove the whole reservation (and any memory lock on it).
+///
+/// # Safety
+/// See [`super::release`].
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/munmap.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=munmap&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/munmap.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/munmap.2.html)
+pub(super) unsafe fn release(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller: exactly one whole reservation, never used again.
+    unsafe { unix::munmap(addr, len) }
+}
+
+/// `madvise(addr, len, advice)`—Give the kernel advice about a range.
+///
+/// # Safety
+/// The range must be the caller's own mapping.
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/madvise.2.html)
+#[cfg(target_os = "android")]
+unsafe fn madvise(addr: NonNull<u8>, len: usize, advice: libc::c_int) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range is its own mapping.
+    if unsafe { libc::madvise(addr.as_ptr().cast(), len, advice) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `MAP_NOCORE` / `MAP_CONCEAL`—Already done by [`reserve`] on FreeBSD, DragonFly and OpenBSD
+/// (`Ok(true)`, no system call); `madvise(MADV_DONTDUMP)` on Android; `Ok(false)` on macOS,
+/// NetBSD and the rest, which have no per-range exclusion from core dumps (use
+/// [`disable_core_dumps`] there).
+///
+/// # Safety
+/// See [`super::exclude_from_dump`].
+///
+/// # References
+/// - [FreeBSD `MAP_NOCORE`](https://man.freebsd.org/cgi/man.cgi?query=mmap&sektion=2)
+/// - [DragonFly `MAP_NOCORE`](https://man.dragonflybsd.org/?command=mmap&section=2)
+/// - [OpenBSD `MAP_CONCEAL`](https://man.openbsd.org/mmap.2)
+/// - [Android/Linux `MADV_DONTDUMP`](https://man7.org/linux/man-pages/man2/madvise.2.html)
+pub(super) unsafe fn exclude_from_dump(addr: NonNull<u8>, len: usize) -> io::Result<bool> {
+    #[cfg(target_os = "android")]
+    {
+        // SAFETY: forwarded from the caller: committed pages of a live reservation.
+        unsafe { madvise(addr, len, libc::MADV_DONTDUMP) }?;
+        Ok(true)
+    }
+    #[cfg(not(target_os = "android"))]
+    {
+        let _ = (addr, len);
+        Ok(NO_CORE_MAP_FLAG != 0)
+    }
+}
+
+/// `minherit(addr, len, inherit)`—Set what a forked child gets of a range.
+///
+/// # Safety
+/// The range must be the caller's own mapping.
+///
+/// # References
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=minherit&sektion=2)
+/// - [DragonFly](https://man.dragonflybsd.org/?command=minherit&section=2)
+/// - [OpenBSD](https://man.openbsd.org/minherit.2)
+/// - [NetBSD](https://man.netbsd.org/minherit.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/minherit.2.html)
+#[cfg(any(
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_vendor = "apple"
+))]
+unsafe fn minherit(addr: NonNull<u8>, len: usize, inherit: libc::c_int) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range is its own mapping; minherit changes only what a
+    // future child inherits of it.
+    if unsafe { libc::minherit(addr.as_ptr().cast(), len, inherit) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `minherit(addr, len, INHERIT_ZERO)`—A forked child sees zeros in the range (FreeBSD ≥ 12,
+/// OpenBSD and NetBSD with `MAP_INHERIT_ZERO`); `minherit(VM_INHERIT_NONE)` on macOS and
+/// `minherit(INHERIT_NONE)` on DragonFly, which have no zero-fill inheritance: the range is
+/// unmapped in the child. `madvise(MADV_WIPEONFORK)` on Android. `Ok(false)` elsewhere.
+///
+/// `secretmem` is always `false` here (there is no secret memory off Linux).
+///
+/// # Safety
+/// See [`super::exclude_from_fork`].
+///
+/// # References
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=minherit&sektion=2)
+/// - [DragonFly](https://man.dragonflybsd.org/?command=minherit&section=2)
+/// - [OpenBSD](https://man.openbsd.org/minherit.2)
+/// - [NetBSD](https://man.netbsd.org/minherit.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/minherit.2.html)
+/// - [Android/Linux `MADV_WIPEONFORK`](https://man7.org/linux/man-pages/man2/madvise.2.html)
+pub(super) unsafe fn exclude_from_fork(
+    addr: NonNull<u8>,
+    len: usize,
+    secretmem: bool,
+) -> io::Result<bool> {
+    debug_assert!(!secretmem, "no secret memory off Linux");
+    #[cfg(any(
+        target_os = "freebsd",
+        target_os = "dragonfly",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_vendor = "apple"
+    ))]
+    {
+        // SAFETY: forwarded from the caller: committed pages of a live reservation.
+        unsafe { minherit(addr, len, FORK_INHERIT) }?;
+        Ok(true)
+    }
+    #[cfg(target_os = "android")]
+    {
+        // SAFETY: forwarded from the caller: committed pages of a live reservation.
+        unsafe { madvise(addr, len, libc::MADV_WIPEONFORK) }?;
+        Ok(true)
+    }
+    #[cfg(not(any(
+        target_os = "freebsd",
+        target_os = "dragonfly",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_vendor = "apple",
+        target_os = "android"
+    )))]
+    {
+        let _ = (addr, len);
+        Ok(false)
+    }
+}
+
+/// `memfd_secret(2)`—Linux only: always `false` here.
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/memfd_secret.2.html)
+pub(super) fn secretmem_available() -> bool {
+    false
+}
+
+/// `memfd_secret(2)`—Linux only: always fails with `ENOSYS` (kind
+/// [`Unsupported`](io::ErrorKind::Unsupported)); callers check [`secretmem_available`] first.
+///
+/// # Safety
+/// See [`super::map_secretmem`]; nothing is touched.
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/memfd_secret.2.html)
+pub(super) unsafe fn map_secretmem(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    let _ = (addr, len);
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+/// `getrlimit(RLIMIT_MEMLOCK)`—The soft limit on locked memory; `None` when unlimited (the
+/// macOS default, where `vm.user_wire_limit` is the effective cap).
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/getrlimit.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=getrlimit&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/getrlimit.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/getrlimit.2.html)
+pub(super) fn memlock_limit() -> Option<u64> {
+    unix::memlock_limit()
+}
+
+/// `setrlimit(RLIMIT_CORE, {0, hard})`—Lower the soft core-dump limit to zero, the hard limit
+/// left as it was.
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/setrlimit.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=setrlimit&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/setrlimit.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/setrlimit.2.html)
+pub(super) fn disable_core_dumps() -> io::Result<()> {
+    unix::disable_core_dumps()
+}
+
+/// `pthread_atfork(NULL, NULL, child)`—A number that changes in a child each time the process
+/// forks.
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/pthread_atfork.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=pthread_atfork&sektion=3)
+/// - [OpenBSD](https://man.openbsd.org/pthread_atfork.3)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man3/pthread_atfork.3.html)
+pub(super) fn fork_generation() -> u64 {
+    unix::fork_generation()
+}

@@ -1,0 +1,154 @@
+//! Linux: `memfd_secret(2)` and the `madvise(2)` flags that keep memory out of dumps and forks.
+
+use super::unix;
+pub(super) use super::unix::{disable_core_dumps, fork_generation, memlock_limit, page_size};
+use super::PageProtection;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+
+pub(super) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
+    unix::mmap_reserve(len, 0)
+}
+
+/// Anonymous memory on Linux is committed by making the reserved pages writable: a private
+/// `PROT_NONE` mapping is not charged against overcommit until then.
+pub(super) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { unix::mprotect(addr, len, PageProtection::ReadWrite) }
+}
+
+pub(super) unsafe fn protect(
+    addr: NonNull<u8>,
+    len: usize,
+    prot: PageProtection,
+) -> io::Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { unix::mprotect(addr, len, prot) }
+}
+
+pub(super) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { unix::mlock(addr, len) }
+}
+
+pub(super) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { unix::munlock(addr, len) }
+}
+
+pub(super) unsafe fn release(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { unix::munmap(addr, len) }
+}
+
+/// `madvise(addr, len, advice)`—Give the kernel advice about a range.
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/madvise.2.html)
+unsafe fn madvise(addr: NonNull<u8>, len: usize, advice: libc::c_int) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range is its own mapping.
+    if unsafe { libc::madvise(addr.as_ptr().cast(), len, advice) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `madvise(MADV_DONTDUMP)`—Leave the range out of core dumps (VmFlag `dd`); gdb's `gcore`
+/// honours it too.
+pub(super) unsafe fn exclude_from_dump(addr: NonNull<u8>, len: usize) -> io::Result<bool> {
+    // SAFETY: forwarded from the caller.
+    unsafe { madvise(addr, len, libc::MADV_DONTDUMP) }?;
+    Ok(true)
+}
+
+/// `madvise(MADV_WIPEONFORK)` for private anonymous memory (the child sees zeros);
+/// `madvise(MADV_DONTFORK)` for secret memory, which is `MAP_SHARED` and refuses
+/// `MADV_WIPEONFORK` (the range is absent in the child).
+pub(super) unsafe fn exclude_from_fork(
+    addr: NonNull<u8>,
+    len: usize,
+    secretmem: bool,
+) -> io::Result<bool> {
+    let advice = if secretmem {
+        libc::MADV_DONTFORK
+    } else {
+        libc::MADV_WIPEONFORK
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { madvise(addr, len, advice) }?;
+    Ok(true)
+}
+
+/// `memfd_secret(O_CLOEXEC)`—A file descriptor for memory the kernel removes from its direct
+/// map. (`FD_CLOEXEC` is refused with EINVAL; the flag must be `O_CLOEXEC`.)
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/memfd_secret.2.html)
+fn memfd_secret() -> io::Result<libc::c_int> {
+    // SAFETY: memfd_secret takes one flags argument and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        libc::c_int::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))
+    }
+}
+
+struct OwnedFd(libc::c_int);
+
+impl Drop for OwnedFd {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is ours and closed exactly once; a mapping made from it stays.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Probes `memfd_secret(2)` once: ENOSYS (before Linux 5.14) and ENOSYS/EPERM-like refusals
+/// (`secretmem.enable=0`, seccomp) mean the caller falls back to anonymous memory.
+pub(super) fn secretmem_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| match memfd_secret() {
+        Ok(fd) => {
+            drop(OwnedFd(fd));
+            true
+        }
+        Err(error) => {
+            log::debug!("memfd_secret unavailable: {error}");
+            false
+        }
+    })
+}
+
+/// `memfd_secret` + `ftruncate` + `mmap(MAP_SHARED | MAP_FIXED)` over the range, then `close`:
+/// the mapping keeps the memory alive, and no descriptor is left for a child to inherit.
+///
+/// The kernel charges the pages against `RLIMIT_MEMLOCK` here (EAGAIN when over it) and marks
+/// the mapping locked (`lo`) and excluded from dumps (`dd`) itself; `mlock` on it fails with
+/// ENOMEM and is not needed.
+pub(super) unsafe fn map_secretmem(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    let fd = OwnedFd(memfd_secret()?);
+    let size =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `fd` is a valid descriptor we own.
+    if unsafe { libc::ftruncate(fd.0, size) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the caller owns the range; MAP_FIXED replaces only it.
+    let ptr = unsafe {
+        libc::mmap(
+            addr.as_ptr().cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd.0,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! POSIX calls shared by every Unix this crate supports.
+
+use super::PageProtection;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+
+/// `sysconf(_SC_PAGESIZE)`—The size of a page.
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/sysconf.html)
+pub(super) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | extra, -1, 0)`—Reserve address
+/// space that faults on touch.
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/mmap.2.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mmap&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/mmap.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mmap.2.html)
+pub(super) fn mmap_reserve(len: usize, extra_flags: libc::c_int) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh anonymous mapping at an address the kernel chooses aliases nothing.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANON | extra_flags,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// `mprotect(addr, len, prot)`—Change the protection of pages.
+///
+/// # Safety
+/// See [`super::protect`].
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/mprotect.2.html)
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/mprotect.html)
+pub(super) unsafe fn mprotect(
+    addr: NonNull<u8>,
+    len: usize,
+    prot: PageProtection,
+) -> io::Result<()> {
+    let flags = match prot {
+        PageProtection::NoAccess => libc::PROT_NONE,
+        PageProtection::ReadOnly => libc::PROT_READ,
+        PageProtection::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+    };
+    // SAFETY: the caller guarantees the range is its own committed pages.
+    check(unsafe { libc::mprotect(addr.as_ptr().cast(), len, flags) })
+}
+
+/// `mlock(addr, len)`—Lock pages in RAM.
+///
+/// # Safety
+/// See [`super::lock`].
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/mlock.2.html)
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/mlock.html)
+pub(super) unsafe fn mlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range is its own committed pages.
+    check(unsafe { libc::mlock(addr.as_ptr().cast(), len) })
+}
+
+/// `munlock(addr, len)`—Unlock pages.
+///
+/// # Safety
+/// See [`super::unlock`].
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/munlock.2.html)
+pub(super) unsafe fn munlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range is its own committed pages.
+    check(unsafe { libc::munlock(addr.as_ptr().cast(), len) })
+}
+
+/// `munmap(addr, len)`—Remove a mapping.
+///
+/// # Safety
+/// See [`super::release`].
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/munmap.2.html)
+pub(super) unsafe fn munmap(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller owns the whole mapping and never uses it again.
+    check(unsafe { libc::munmap(addr.as_ptr().cast(), len) })
+}
+
+/// `getrlimit(RLIMIT_MEMLOCK)`—The soft limit on locked memory; `None` when unlimited.
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/getrlimit.2.html)
+pub(super) fn memlock_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        None
+    } else {
+        #[allow(clippy::useless_conversion)] // rlim_t is u64 on most targets, not all.
+        u64::try_from(limit.rlim_cur).ok()
+    }
+}
+
+/// `setrlimit(RLIMIT_CORE, {0, hard})`—Lower the soft core-dump limit to zero.
+///
+/// The hard limit stays as it was so the process may raise the soft limit again.
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/setrlimit.2.html)
+pub(super) fn disable_core_dumps() -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut limit) })?;
+    limit.rlim_cur = 0;
+    // SAFETY: `limit` is a valid, initialised rlimit.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &limit) })
+}
+
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_fork_in_child() {
+    // Relaxed: the child has one thread at this point; later loads on it see the store.
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `pthread_atfork(NULL, NULL, child)`—Count forks so a child can tell it is one.
+///
+/// # References
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/pthread_atfork.html)
+pub(super) fn fork_generation() -> u64 {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // SAFETY: the handler is async-signal-safe (one atomic add) and lives forever.
+        let ret = unsafe { libc::pthread_atfork(None, None, Some(on_fork_in_child)) };
+        if ret != 0 {
+            log::warn!(
+                "pthread_atfork failed ({}); a forked child cannot detect inherited secrets",
+                io::Error::from_raw_os_error(ret)
+            );
+        }
+    });
+    FORK_GENERATION.load(Ordering::Relaxed)
+}

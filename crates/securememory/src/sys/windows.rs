@@ -1,0 +1,275 @@
+//! Windows: `VirtualAlloc`, `VirtualProtect`, `VirtualLock`, `VirtualFree`.
+//!
+//! A reservation is `MEM_RESERVE` address space (any touch faults until committed); data pages
+//! are committed inside it with `MEM_COMMIT`. Locking is bounded by the process's minimum
+//! working set, which [`lock`] raises when it runs out. Windows has no fork, no per-range
+//! exclusion from crash dumps, no `RLIMIT_CORE` and no secret memory.
+
+use super::PageProtection;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+use windows_sys::Win32::Foundation::ERROR_WORKING_SET_QUOTA;
+use windows_sys::Win32::System::Memory::{
+    VirtualAlloc, VirtualFree, VirtualLock, VirtualProtect, VirtualUnlock, MEM_COMMIT, MEM_RELEASE,
+    MEM_RESERVE, PAGE_NOACCESS, PAGE_PROTECTION_FLAGS, PAGE_READONLY, PAGE_READWRITE,
+};
+use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
+use windows_sys::Win32::System::Threading::{
+    GetCurrentProcess, GetProcessWorkingSetSize, SetProcessWorkingSetSize,
+};
+
+/// How many pages beyond the amount that failed to lock [`lock`] adds to the working set, so
+/// that the next few locks do not each need a raise.
+const WORKING_SET_SLACK_PAGES: usize = 64;
+
+/// Turns a Win32 `BOOL` result into `io::Result`, reading `GetLastError` on failure.
+fn check(ret: windows_sys::core::BOOL) -> io::Result<()> {
+    if ret != 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `GetSystemInfo(&info)`—The size of a page (`dwPageSize`).
+///
+/// Reservations start on the coarser allocation granularity (64 KiB), but protection and
+/// locking work per page.
+///
+/// # References
+/// - [Microsoft](https://learn.microsoft.com/en-us/windows/win32/api/sysinfoapi/nf-sysinfoapi-getsysteminfo)
+pub(super) fn page_size() -> usize {
+    // SAFETY: SYSTEM_INFO is plain old data; all-zero is a valid value.
+    let mut info: SYSTEM_INFO = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid out-pointer; GetSystemInfo cannot fail.
+    unsafe { GetSystemInfo(&mut info) };
+    usize::try_from(info.dwPageSize)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+/// `VirtualAlloc(NULL, len, MEM_RESERVE, PAGE_NOACCESS)`—Reserve address space that faults on
+/// touch and holds no memory.
+///
+/// # References
+/// - [Microsoft](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-virtualalloc)
+pub(super) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh reservation at an address the system chooses aliases nothing.
+    let ptr = unsafe { VirtualAlloc(std::ptr::null(), len, MEM_RESERVE, PAGE_NOACCESS) };
+    NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)
+}
+
+/// `VirtualAlloc(addr, len, MEM_COMMIT, PAGE_READWRITE)`—Back reserved pages with zeroed,
+/// readable and writable memory (charged against the commit limit).
+///
+/// # Safety
+/// See [`super::commit_anonymous`].
+///
+/// # References
+/// - [Microsoft](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-virtualalloc)
+pub(super) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range lies inside its own reservation and holds nothing
+    // it still needs.
+    let ptr = unsafe { VirtualAlloc(addr.as_ptr().cast(), len, MEM_COMMIT, PAGE_READWRITE) };
+    if ptr.is_null() {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `VirtualProtect(addr, len, prot, &old)`—Change the protection of committed pages.
+///
+/// # Safety
+/// See [`super::protect`].
+///
+/// # References
+/// - [Microsoft](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-virtualprotect)
+pub(super) unsafe fn protect(
+    addr: NonNull<u8>,
+    len: usize,
+    prot: PageProtection,
+) -> io::Result<()> {
+    let new = match prot {
+        PageProtection::NoAccess => PAGE_NOACCESS,
+        PageProtection::ReadOnly => PAGE_READONLY,
+        PageProtection::ReadWrite => PAGE_READWRITE,
+    };
+    let mut old: PAGE_PROTECTION_FLAGS = 0;
+    // SAFETY: the caller guarantees the range is its own committed pages; `old` is a valid
+    // out-pointer (VirtualProtect fails when it is null).
+    check(unsafe { VirtualProtect(addr.as_ptr().cast(), len, new, &mut old) })
+}
+
+/// `VirtualLock(addr, len)`—Lock pages in the working set so they are never paged out; on
+/// `ERROR_WORKING_SET_QUOTA`, raise the process's working set with
+/// `SetProcessWorkingSetSize` by `len` plus some slack and retry once.
+///
+/// `VirtualLock` needs the pages committed and accessible (it fails on `PAGE_NOACCESS`): the
+/// caller locks before it protects them. Pages stay locked across later `VirtualProtect` calls.
+///
+/// # Safety
+/// See [`super::lock`].
+///
+/// # References
+/// - [Microsoft `VirtualLock`](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-virtuallock)
+/// - [Microsoft `GetProcessWorkingSetSize`](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-getprocessworkingsetsize)
+/// - [Microsoft `SetProcessWorkingSetSize`](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-setprocessworkingsetsize)
+pub(super) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range is its own committed, accessible pages.
+    let first = check(unsafe { VirtualLock(addr.as_ptr().cast(), len) });
+    match first {
+        Err(error) if error.raw_os_error() == Some(ERROR_WORKING_SET_QUOTA as i32) => {
+            grow_working_set(len).map_err(|grow_error| {
+                log::debug!("raising the working set for VirtualLock failed: {grow_error}");
+                error
+            })?;
+            // SAFETY: as above.
+            check(unsafe { VirtualLock(addr.as_ptr().cast(), len) })
+        }
+        other => other,
+    }
+}
+
+/// `GetProcessWorkingSetSize` + `SetProcessWorkingSetSize`—Raise the minimum and maximum working
+/// set of this process by `len` plus [`WORKING_SET_SLACK_PAGES`] pages.
+///
+/// Serialized so that two threads raising at once cannot read the same old size and each set
+/// it to only one raise.
+fn grow_working_set(len: usize) -> io::Result<()> {
+    static GROW: Mutex<()> = Mutex::new(());
+    let _guard = GROW.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let extra = WORKING_SET_SLACK_PAGES
+        .checked_mul(page_size())
+        .and_then(|slack| slack.checked_add(len))
+        .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+    // SAFETY: GetCurrentProcess returns a pseudo-handle with all access rights; it needs no
+    // closing.
+    let process = unsafe { GetCurrentProcess() };
+    let (mut min, mut max) = (0usize, 0usize);
+    // SAFETY: `min` and `max` are valid out-pointers.
+    check(unsafe { GetProcessWorkingSetSize(process, &mut min, &mut max) })?;
+    let new_min = min.saturating_add(extra);
+    let new_max = max.saturating_add(extra).max(new_min);
+    // SAFETY: plain values; the system validates them.
+    check(unsafe { SetProcessWorkingSetSize(process, new_min, new_max) })
+}
+
+/// `VirtualUnlock(addr, len)`—Unlock pages locked by [`lock`].
+///
+/// # Safety
+/// See [`super::unlock`].
+///
+/// # References
+/// - [Microsoft](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-virtualunlock)
+pub(super) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range is its own committed pages.
+    check(unsafe { VirtualUnlock(addr.as_ptr().cast(), len) })
+}
+
+/// `VirtualFree(addr, 0, MEM_RELEASE)`—Release the whole reservation (and any lock on it).
+///
+/// `MEM_RELEASE` takes the base address and a size of zero and frees the whole reservation:
+/// `len` is not passed on.
+///
+/// # Safety
+/// See [`super::release`].
+///
+/// # References
+/// - [Microsoft](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-virtualfree)
+pub(super) unsafe fn release(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    let _ = len;
+    // SAFETY: the caller guarantees `addr` is the base of its own reservation and nothing uses
+    // it after.
+    check(unsafe { VirtualFree(addr.as_ptr().cast(), 0, MEM_RELEASE) })
+}
+
+/// No call—Windows has no per-range exclusion from crash dumps: always `Ok(false)`.
+///
+/// Which dumps are written is configured outside the process: Windows Error Reporting
+/// (`WerAddExcludedApplication`, the `LocalDumps` registry key) and whoever calls
+/// `MiniDumpWriteDump` (a debugger, a crash handler) with its own flags.
+///
+/// # Safety
+/// See [`super::exclude_from_dump`]; nothing is touched.
+///
+/// # References
+/// - [Microsoft `WerAddExcludedApplication`](https://learn.microsoft.com/en-us/windows/win32/api/werapi/nf-werapi-weraddexcludedapplication)
+/// - [Microsoft `LocalDumps`](https://learn.microsoft.com/en-us/windows/win32/wer/collecting-user-mode-dumps)
+pub(super) unsafe fn exclude_from_dump(addr: NonNull<u8>, len: usize) -> io::Result<bool> {
+    let _ = (addr, len);
+    Ok(false)
+}
+
+/// No call—A Windows process cannot be forked, so no child can ever inherit the bytes: always
+/// `Ok(true)`. (`CreateProcess` starts a new address space; nothing of this one is copied.)
+///
+/// # Safety
+/// See [`super::exclude_from_fork`]; nothing is touched.
+///
+/// # References
+/// - [Microsoft `CreateProcess`](https://learn.microsoft.com/en-us/windows/win32/api/processthreadsapi/nf-processthreadsapi-createprocessw)
+pub(super) unsafe fn exclude_from_fork(
+    addr: NonNull<u8>,
+    len: usize,
+    secretmem: bool,
+) -> io::Result<bool> {
+    let _ = (addr, len, secretmem);
+    Ok(true)
+}
+
+/// `memfd_secret(2)`—Linux only: always `false` here.
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/memfd_secret.2.html)
+pub(super) fn secretmem_available() -> bool {
+    false
+}
+
+/// `memfd_secret(2)`—Linux only: always fails with [`io::ErrorKind::Unsupported`]; callers
+/// check [`secretmem_available`] first.
+///
+/// # Safety
+/// See [`super::map_secretmem`]; nothing is touched.
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/memfd_secret.2.html)
+pub(super) unsafe fn map_secretmem(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    let _ = (addr, len);
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "secret memory (memfd_secret) exists only on Linux",
+    ))
+}
+
+/// No call—Windows has no locked-memory rlimit: always `None`. Locking is bounded by the
+/// minimum working set instead, which [`lock`] raises as needed.
+///
+/// # References
+/// - [Microsoft `VirtualLock`](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-virtuallock)
+pub(super) fn memlock_limit() -> Option<u64> {
+    None
+}
+
+/// No call—Windows has no `RLIMIT_CORE`: always fails with [`io::ErrorKind::Unsupported`].
+///
+/// Crash dumps are written by Windows Error Reporting, configured outside the process: exclude
+/// the program with `WerAddExcludedApplication`, or turn off `LocalDumps` in the registry.
+///
+/// # References
+/// - [Microsoft `WerAddExcludedApplication`](https://learn.microsoft.com/en-us/windows/win32/api/werapi/nf-werapi-weraddexcludedapplication)
+/// - [Microsoft `LocalDumps`](https://learn.microsoft.com/en-us/windows/win32/wer/collecting-user-mode-dumps)
+pub(super) fn disable_core_dumps() -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "Windows has no per-process core-dump limit; configure Windows Error Reporting instead \
+         (WerAddExcludedApplication, or the LocalDumps registry key)",
+    ))
+}
+
+/// No call—Windows has no fork: always `0`.
+pub(super) fn fork_generation() -> u64 {
+    0
+}

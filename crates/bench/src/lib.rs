@@ -1,0 +1,1 @@
+//! Benchmarks of securememory against the OS limit and peer libraries.

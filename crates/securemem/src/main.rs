@@ -1,0 +1,3 @@
+//! `securemem`: command-line tools for securememory.
+
+fn main() {}

@@ -649,6 +649,34 @@ mod loom_tests {
     }
 
     #[test]
+    fn loom_reader_arriving_after_close_started_is_refused_even_while_memory_is_open() {
+        loom::model(|| {
+            let s = shared();
+            let (inside_tx, inside_rx) = loom::sync::mpsc::channel();
+            let holder = {
+                let s = s.clone();
+                thread::spawn(move || {
+                    let held = s.access.read(&s.gate, false).unwrap();
+                    inside_tx.send(()).unwrap();
+                    held.release().unwrap();
+                })
+            };
+            inside_rx.recv().unwrap();
+            let late = {
+                let s = s.clone();
+                thread::spawn(move || {
+                    let closed_before = s.access.is_closed();
+                    let entered = read(&s);
+                    assert!(!(closed_before && entered), "joined after close started");
+                })
+            };
+            s.access.close(|| s.gate.teardown()).unwrap();
+            holder.join().unwrap();
+            late.join().unwrap();
+        });
+    }
+
+    #[test]
     fn loom_writer_excludes_reader() {
         loom::model(|| {
             let s = shared();

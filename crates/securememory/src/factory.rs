@@ -28,6 +28,8 @@ pub trait SecretFactory: Send + Sync {
     ///
     /// # Errors
     /// [`Error::InvalidLength`] for an empty slice; the factory's own errors otherwise.
+    // The name is the API contract (DESIGN §4), shared with the Go original's `New`.
+    #[allow(clippy::new_ret_no_self, clippy::wrong_self_convention)]
     fn new(&self, bytes: &mut [u8]) -> Result<Secret, Error>;
 
     /// Makes a secret of `len` random bytes, generated directly in its protected memory.
@@ -270,5 +272,152 @@ impl SecretFactory for ProtectedMemorySecretFactory {
                 ))
             })
         })
+    }
+}
+
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+/// Every OS step of making a secret made to fail in turn: the error names the step, and nothing
+/// stays mapped or locked. Each runs in a child process so the address-space checks see no other
+/// test's mappings.
+#[cfg(test)]
+mod injected_failures {
+    use super::common;
+    use super::*;
+    use crate::sys::fault;
+    use crate::sys::Op;
+
+    fn locked_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn factory(backing: Backing) -> ProtectedMemorySecretFactory {
+        ProtectedMemorySecretFactory::builder()
+            .backing(backing)
+            .build()
+    }
+
+    /// Fails `op` once with `errno` while making a secret both ways (`new` and
+    /// `create_random`; only the latter uses randomness); checks the error, that `new` left its
+    /// source alone, and that nothing is left mapped or locked.
+    fn fails_cleanly(backing: Backing, op: Op, errno: i32, operation: &str) {
+        let locked_before = locked_kib();
+        fault::take_reservations();
+        let mut expected_reservations = 1;
+        if op != Op::Random {
+            fault::fail_next(op, errno);
+            let mut source = [0x5au8; 48];
+            let error = factory(backing).new(&mut source).unwrap_err();
+            assert_eq!(source, [0x5a; 48], "{op:?}: source touched on failure");
+            assert!(error.to_string().contains(operation), "{op:?}: {error}");
+            expected_reservations += 1;
+        }
+        fault::fail_next(op, errno);
+        let error = factory(backing).create_random(48).unwrap_err();
+        assert!(error.to_string().contains(operation), "{op:?}: {error}");
+        let reservations = fault::take_reservations();
+        if op != Op::Reserve {
+            assert_eq!(reservations.len(), expected_reservations, "{op:?}");
+        }
+        for (addr, len) in reservations {
+            for offset in (0..len).step_by(sys::page_size()) {
+                assert!(
+                    !common::is_mapped(addr + offset),
+                    "{op:?}: {:#x} still mapped",
+                    addr + offset
+                );
+            }
+        }
+        assert_eq!(locked_kib(), locked_before, "{op:?}: memory left locked");
+        // The failure was one-shot: the factory works again.
+        let secret = factory(backing).new(&mut [1; 8]).unwrap();
+        assert!(secret.with_bytes(|b| b == [1; 8]).unwrap());
+    }
+
+    #[test]
+    fn failures_making_anonymous_secrets_leave_nothing_behind() {
+        const NAME: &str =
+            "factory::injected_failures::failures_making_anonymous_secrets_leave_nothing_behind";
+        if !common::is_child(NAME) {
+            common::in_child(NAME);
+            return;
+        }
+        let eio = libc::EIO;
+        fails_cleanly(Backing::Anonymous, Op::Reserve, libc::ENOMEM, "mmap");
+        fails_cleanly(Backing::Anonymous, Op::Commit, eio, "mprotect");
+        fails_cleanly(Backing::Anonymous, Op::Lock, eio, "mlock");
+        fails_cleanly(Backing::Anonymous, Op::Lock, libc::ENOMEM, "RLIMIT_MEMLOCK");
+        fails_cleanly(
+            Backing::Anonymous,
+            Op::ExcludeFromDump,
+            eio,
+            "MADV_DONTDUMP",
+        );
+        fails_cleanly(Backing::Anonymous, Op::ExcludeFromFork, eio, "madvise");
+        fails_cleanly(Backing::Anonymous, Op::Protect, eio, "mprotect");
+        fails_cleanly(Backing::Anonymous, Op::Random, eio, "random");
+    }
+
+    #[test]
+    fn failures_making_secretmem_secrets_leave_nothing_behind() {
+        const NAME: &str =
+            "factory::injected_failures::failures_making_secretmem_secrets_leave_nothing_behind";
+        if !common::is_child(NAME) {
+            common::in_child(NAME);
+            return;
+        }
+        if !sys::secretmem_available() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "memfd_secret missing in CI"
+            );
+            eprintln!("skipped: memfd_secret unavailable");
+            return;
+        }
+        let eio = libc::EIO;
+        fails_cleanly(Backing::SecretMem, Op::Reserve, libc::ENOMEM, "mmap");
+        fails_cleanly(Backing::SecretMem, Op::MapSecretMem, eio, "memfd_secret");
+        fails_cleanly(
+            Backing::SecretMem,
+            Op::MapSecretMem,
+            libc::EAGAIN,
+            "RLIMIT_MEMLOCK",
+        );
+        fails_cleanly(Backing::SecretMem, Op::ExcludeFromFork, eio, "madvise");
+        fails_cleanly(Backing::SecretMem, Op::Protect, eio, "mprotect");
+        fails_cleanly(Backing::SecretMem, Op::Random, eio, "random");
+    }
+
+    #[test]
+    fn failed_reprotect_after_an_access_is_returned_and_retried() {
+        let secret = factory(Backing::Auto).new(&mut [9; 8]).unwrap();
+        let mut ran = false;
+        fault::fail_next(Op::Protect, libc::EIO);
+        // The failure is in opening: the callback never runs.
+        assert!(secret.with_bytes(|_| ran = true).is_err());
+        assert!(!ran);
+        // Let the open succeed and the close after the callback fail.
+        let result = secret.with_bytes(|b| {
+            fault::fail_next(Op::Protect, libc::EIO);
+            b[0]
+        });
+        assert!(
+            matches!(
+                result,
+                Err(Error::Os {
+                    operation: "mprotect",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        // Remembered and retried: the next access works and leaves the memory closed.
+        assert_eq!(secret.with_bytes(|b| b[0]).unwrap(), 9);
+        secret.with_bytes_mut(|b| b[0] = 1).unwrap();
+        secret.close().unwrap();
     }
 }

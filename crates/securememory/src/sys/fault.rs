@@ -1,11 +1,14 @@
-//! Test-only fault injection: make the next call of one operation on this thread fail.
+//! Test-only fault injection: make the next call of one operation on this thread fail, and
+//! remember the reservations this thread made so a test can check they were given back.
 
 use super::Op;
 use std::cell::RefCell;
 use std::io;
+use std::ptr::NonNull;
 
 thread_local! {
     static PLANNED: RefCell<Vec<(Op, i32)>> = const { RefCell::new(Vec::new()) };
+    static RESERVED: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Makes the next call of `op` on this thread fail with the OS error `errno`.
@@ -21,4 +24,13 @@ pub(crate) fn check(op: Op) -> io::Result<()> {
             None => Ok(()),
         }
     })
+}
+
+pub(crate) fn record_reservation(addr: NonNull<u8>, len: usize) {
+    RESERVED.with(|reserved| reserved.borrow_mut().push((addr.as_ptr() as usize, len)));
+}
+
+/// The `(address, length)` of every reservation this thread made since the last call.
+pub(crate) fn take_reservations() -> Vec<(usize, usize)> {
+    RESERVED.with(|reserved| std::mem::take(&mut *reserved.borrow_mut()))
 }

@@ -85,7 +85,12 @@ pub(crate) fn page_size() -> usize {
 /// where the OS has one); on Windows a `MEM_RESERVE` allocation.
 pub(crate) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
     inject!(Reserve);
-    os::reserve(len)
+    let reserved = os::reserve(len);
+    #[cfg(test)]
+    if let Ok(addr) = &reserved {
+        fault::record_reservation(*addr, len);
+    }
+    reserved
 }
 
 /// Backs `[addr, addr + len)` inside a reservation with private anonymous memory, readable and

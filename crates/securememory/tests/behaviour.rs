@@ -1,0 +1,383 @@
+//! The public API contract (DESIGN §4), one test per rule, on the default factory and on each
+//! backing where the rule could differ.
+
+mod common;
+
+use securememory::{
+    Backing, Error, MlockPolicy, ProtectedMemorySecretFactory, Secret, SecretFactory,
+};
+use std::io::Read;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+fn factories() -> Vec<(&'static str, ProtectedMemorySecretFactory)> {
+    vec![
+        ("default", ProtectedMemorySecretFactory::default()),
+        (
+            "anonymous",
+            ProtectedMemorySecretFactory::builder()
+                .backing(Backing::Anonymous)
+                .build(),
+        ),
+        (
+            "no-guard-pages",
+            ProtectedMemorySecretFactory::builder()
+                .guard_pages(false)
+                .build(),
+        ),
+    ]
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + 7) as u8 | 1).collect()
+}
+
+#[test]
+fn round_trip_preserves_bytes_at_page_boundaries() {
+    for (name, factory) in factories() {
+        for len in [1, 31, 4095, 4096, 4097, 64 * 1024 + 7] {
+            let expected = pattern(len);
+            let mut source = expected.clone();
+            let secret = factory.new(&mut source).unwrap();
+            assert_eq!(secret.len(), len, "{name}/{len}");
+            assert!(!secret.is_empty());
+            let matches = secret
+                .with_bytes(|bytes| bytes == expected.as_slice())
+                .unwrap();
+            assert!(matches, "{name}/{len}: bytes changed on the way in");
+            secret.close().unwrap();
+        }
+    }
+}
+
+#[test]
+fn new_wipes_the_source_on_success() {
+    let mut source = pattern(100);
+    let secret = ProtectedMemorySecretFactory::default()
+        .new(&mut source)
+        .unwrap();
+    assert!(
+        source.iter().all(|&b| b == 0),
+        "source not wiped: {source:?}"
+    );
+    assert!(secret.with_bytes(|b| b == pattern(100).as_slice()).unwrap());
+}
+
+#[test]
+fn zero_length_is_invalid_and_leaves_the_source_alone() {
+    let factory = ProtectedMemorySecretFactory::default();
+    assert!(matches!(factory.new(&mut []), Err(Error::InvalidLength)));
+    assert!(matches!(
+        factory.create_random(0),
+        Err(Error::InvalidLength)
+    ));
+    let message = factory.create_random(0).unwrap_err().to_string();
+    assert!(message.contains("length"), "{message}");
+}
+
+#[test]
+fn unmappable_length_is_invalid() {
+    let factory = ProtectedMemorySecretFactory::default();
+    for len in [usize::MAX, isize::MAX as usize] {
+        assert!(
+            matches!(factory.create_random(len), Err(Error::InvalidLength)),
+            "{len}"
+        );
+    }
+}
+
+#[test]
+fn random_secrets_differ() {
+    let factory = ProtectedMemorySecretFactory::default();
+    let a = factory.create_random(32).unwrap();
+    let b = factory.create_random(32).unwrap();
+    let a_bytes = a.with_bytes(|bytes| bytes.to_vec()).unwrap();
+    let b_bytes = b.with_bytes(|bytes| bytes.to_vec()).unwrap();
+    assert_ne!(a_bytes, b_bytes);
+    assert_ne!(a_bytes, vec![0; 32], "random secret is all zeros");
+}
+
+#[test]
+fn with_bytes_returns_the_callbacks_value() {
+    let secret = ProtectedMemorySecretFactory::default()
+        .new(&mut b"hello".to_vec())
+        .unwrap();
+    let copied: String = secret
+        .with_bytes(|bytes| String::from_utf8(bytes.to_vec()).unwrap())
+        .unwrap();
+    assert_eq!(copied, "hello");
+    let result: Result<u8, &str> = secret.with_bytes(|_| Err("inner")).unwrap();
+    assert_eq!(result, Err("inner"));
+}
+
+#[test]
+fn with_bytes_mut_changes_what_later_reads_see() {
+    for (name, factory) in factories() {
+        let secret = factory.new(&mut [1, 2, 3]).unwrap();
+        let old = secret
+            .with_bytes_mut(|bytes| {
+                let old = bytes.to_vec();
+                bytes.copy_from_slice(&[9, 8, 7]);
+                old
+            })
+            .unwrap();
+        assert_eq!(old, [1, 2, 3], "{name}");
+        assert!(secret.with_bytes(|b| b == [9, 8, 7]).unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn every_access_on_a_closed_secret_is_closed_and_never_runs_the_callback() {
+    let secret = ProtectedMemorySecretFactory::default()
+        .create_random(32)
+        .unwrap();
+    assert!(!secret.is_closed());
+    secret.close().unwrap();
+    assert!(secret.is_closed());
+    let mut ran = false;
+    assert!(matches!(
+        secret.with_bytes(|_| ran = true),
+        Err(Error::Closed)
+    ));
+    assert!(matches!(
+        secret.with_bytes_mut(|_| ran = true),
+        Err(Error::Closed)
+    ));
+    assert!(!ran, "a callback ran on a closed secret");
+    let error = secret.reader().read(&mut [0; 8]).unwrap_err();
+    assert!(error.to_string().contains("closed"), "{error}");
+    assert!(Error::Closed.to_string().contains("closed"));
+}
+
+#[test]
+fn close_is_idempotent() {
+    let secret = ProtectedMemorySecretFactory::default()
+        .create_random(8)
+        .unwrap();
+    secret.close().unwrap();
+    secret.close().unwrap();
+    assert!(secret.is_closed());
+}
+
+#[test]
+fn nested_reads_of_the_same_secret_work() {
+    let secret = ProtectedMemorySecretFactory::default()
+        .new(&mut [5; 16])
+        .unwrap();
+    let sum = secret
+        .with_bytes(|outer| {
+            let inner = secret
+                .with_bytes(|inner| {
+                    let innermost = secret.with_bytes(|b| b[0]).unwrap();
+                    inner[1] + innermost
+                })
+                .unwrap();
+            outer[0] + inner
+        })
+        .unwrap();
+    assert_eq!(sum, 15);
+    // The memory is closed again afterwards: a write still works (it would deadlock if a
+    // reader were left counted).
+    common::within(common::DEADLINE, move || {
+        secret.with_bytes_mut(|b| b[0] = 1).unwrap();
+    });
+}
+
+#[test]
+fn close_inside_a_read_is_an_error_not_a_deadlock() {
+    common::within(common::DEADLINE, || {
+        let secret = ProtectedMemorySecretFactory::default()
+            .create_random(8)
+            .unwrap();
+        let inner = secret.with_bytes(|_| secret.close()).unwrap();
+        assert!(
+            matches!(inner, Err(Error::Reentrant { operation: "close" })),
+            "{inner:?}"
+        );
+        assert!(!secret.is_closed(), "a refused close must not close");
+        secret.with_bytes(|_| ()).unwrap();
+        secret.close().unwrap();
+    });
+}
+
+#[test]
+fn write_inside_a_read_and_access_inside_a_write_are_errors_not_deadlocks() {
+    common::within(common::DEADLINE, || {
+        let secret = ProtectedMemorySecretFactory::default()
+            .create_random(8)
+            .unwrap();
+        let inner = secret
+            .with_bytes(|_| secret.with_bytes_mut(|_| ()))
+            .unwrap();
+        assert!(matches!(inner, Err(Error::Reentrant { .. })), "{inner:?}");
+        let inner = secret
+            .with_bytes_mut(|_| secret.with_bytes(|_| ()))
+            .unwrap();
+        assert!(matches!(inner, Err(Error::Reentrant { .. })), "{inner:?}");
+        let inner = secret
+            .with_bytes_mut(|_| secret.with_bytes_mut(|_| ()))
+            .unwrap();
+        assert!(matches!(inner, Err(Error::Reentrant { .. })), "{inner:?}");
+        let inner = secret.with_bytes_mut(|_| secret.close()).unwrap();
+        assert!(matches!(inner, Err(Error::Reentrant { .. })), "{inner:?}");
+        secret.close().unwrap();
+    });
+}
+
+#[test]
+fn accessing_another_secret_inside_an_access_works() {
+    let factory = ProtectedMemorySecretFactory::default();
+    let a = factory.new(&mut [1; 4]).unwrap();
+    let b = factory.new(&mut [2; 4]).unwrap();
+    let total = a
+        .with_bytes(|x| b.with_bytes_mut(|y| x[0] + y[0]).unwrap())
+        .unwrap();
+    assert_eq!(total, 3);
+    a.with_bytes(|_| b.close()).unwrap().unwrap();
+    assert!(b.is_closed());
+}
+
+#[test]
+fn panic_in_a_callback_releases_the_access() {
+    for (name, factory) in factories() {
+        let secret = factory.new(&mut [3; 8]).unwrap();
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            secret.with_bytes(|_| panic!("reader panics")).unwrap();
+        }));
+        assert!(caught.is_err());
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            secret.with_bytes_mut(|_| panic!("writer panics")).unwrap();
+        }));
+        assert!(caught.is_err());
+        // A leftover reader or writer would make this write (or the close) wait forever.
+        common::within(common::DEADLINE, move || {
+            secret.with_bytes_mut(|b| b[0] = 4).unwrap();
+            assert!(secret.with_bytes(|b| b[0] == 4).unwrap());
+            secret.close().unwrap();
+        });
+        let _ = name;
+    }
+}
+
+#[test]
+fn reader_reads_in_parts_ends_with_zero_and_fails_after_close() {
+    let secret = ProtectedMemorySecretFactory::default()
+        .new(&mut b"0123456789".to_vec())
+        .unwrap();
+    let mut reader = secret.reader();
+    let mut part = [0u8; 4];
+    assert_eq!(reader.read(&mut part).unwrap(), 4);
+    assert_eq!(&part, b"0123");
+    assert_eq!(reader.read(&mut part).unwrap(), 4);
+    assert_eq!(&part, b"4567");
+    assert_eq!(reader.read(&mut part).unwrap(), 2);
+    assert_eq!(&part[..2], b"89");
+    assert_eq!(reader.read(&mut part).unwrap(), 0);
+    assert_eq!(reader.read(&mut part).unwrap(), 0);
+    assert_eq!(reader.read(&mut []).unwrap(), 0);
+    let mut fresh = secret.reader();
+    secret.close().unwrap();
+    assert!(fresh.read(&mut part).is_err());
+    assert!(reader.read(&mut part).is_err());
+}
+
+#[test]
+fn io_copy_over_chained_readers() {
+    let factory = ProtectedMemorySecretFactory::default();
+    let first = factory.new(&mut b"user:".to_vec()).unwrap();
+    let second = factory.new(&mut pattern(5000)).unwrap();
+    let mut out = Vec::new();
+    let copied = std::io::copy(&mut first.reader().chain(second.reader()), &mut out).unwrap();
+    assert_eq!(copied, 5005);
+    let mut expected = b"user:".to_vec();
+    expected.extend(pattern(5000));
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn thousands_of_live_secrets() {
+    let factory = ProtectedMemorySecretFactory::default();
+    let secrets: Vec<Secret> = (0..3000u32)
+        .map(|i| factory.new(&mut i.to_le_bytes()).unwrap())
+        .collect();
+    for (i, secret) in secrets.iter().enumerate() {
+        let value = secret
+            .with_bytes(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .unwrap();
+        assert_eq!(value, i as u32);
+    }
+    for secret in &secrets {
+        secret.close().unwrap();
+    }
+}
+
+#[test]
+fn debug_never_prints_the_bytes() {
+    let secret = ProtectedMemorySecretFactory::default()
+        .new(&mut b"hunter2-hunter2".to_vec())
+        .unwrap();
+    let printed = format!("{secret:?} {:?}", secret.reader());
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(!printed.contains("104, 117"), "{printed}");
+    assert!(printed.contains("redacted"), "{printed}");
+}
+
+#[test]
+fn secrets_and_factories_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Secret>();
+    assert_send_sync::<ProtectedMemorySecretFactory>();
+    assert_send_sync::<Error>();
+    let _: &dyn SecretFactory = &ProtectedMemorySecretFactory::default();
+}
+
+#[test]
+fn protection_reports_what_the_secret_got() {
+    let secret = ProtectedMemorySecretFactory::builder()
+        .backing(Backing::Anonymous)
+        .build()
+        .create_random(32)
+        .unwrap();
+    let p = secret.protection();
+    assert_eq!(p.backing, Backing::Anonymous);
+    assert!(!p.kernel_invisible);
+    assert!(p.guard_pages && p.locked && p.dump_excluded && p.fork_protected);
+
+    let unguarded = ProtectedMemorySecretFactory::builder()
+        .guard_pages(false)
+        .build()
+        .create_random(32)
+        .unwrap();
+    assert!(!unguarded.protection().guard_pages);
+
+    let unlocked = ProtectedMemorySecretFactory::builder()
+        .backing(Backing::Anonymous)
+        .mlock(MlockPolicy::Disabled)
+        .build()
+        .create_random(32)
+        .unwrap();
+    assert!(!unlocked.protection().locked);
+}
+
+/// On this machine (Linux 6.18) secret memory is available, and `Auto` must pick it.
+#[test]
+fn secretmem_backing_is_used_where_the_kernel_offers_it() {
+    let probe = ProtectedMemorySecretFactory::builder()
+        .backing(Backing::SecretMem)
+        .build()
+        .create_random(32);
+    match probe {
+        Ok(secret) => {
+            let p = secret.protection();
+            assert_eq!(p.backing, Backing::SecretMem);
+            assert!(p.kernel_invisible && p.locked && p.dump_excluded && p.fork_protected);
+            let auto = ProtectedMemorySecretFactory::default()
+                .create_random(32)
+                .unwrap();
+            assert_eq!(auto.protection().backing, Backing::SecretMem);
+        }
+        Err(Error::BackingUnavailable { .. }) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: memfd_secret unavailable on this kernel");
+        }
+        Err(other) => panic!("secret memory refused: {other}"),
+    }
+}

@@ -1,0 +1,439 @@
+//! The holder: a small program that keeps one secret and obeys commands, so that probes in
+//! another process can attack it.
+//!
+//! It runs as the hidden `securemem holder` subcommand. On start it creates a secret holding a
+//! fresh random 32-byte marker (generated in place by `create_random`), reads it once inside an
+//! access to send its hex to the parent over the stdout pipe, wipes that copy, and prints one
+//! `ready` line:
+//!
+//! ```text
+//! ready pid=1234 addr=0x7f.. len=32 backing=secretmem locked=true dump_excluded=true
+//!       fork_protected=true guard_pages=true kernel_invisible=true marker=<64 hex digits>
+//! ```
+//!
+//! Then it reads one command per line on stdin and answers one line on stdout:
+//!
+//! | command | what it does | answer |
+//! |---|---|---|
+//! | `enter` | enters `with_bytes` and stays inside, obeying commands, until `leave` | `inside` |
+//! | `leave` | (inside only) ends the access | `left` |
+//! | `abort` | `std::process::abort()` (a kernel core dump), inside an access or not | — |
+//! | `close` | `Secret::close` | `closed` or `error <message>` |
+//! | `fork` | forks; the child reads the secret through the API and the raw pages | `child api=.. raw=..`, then `forked` |
+//! | `touch` | reads the raw address outside an access | dies of SIGSEGV, or `touched ..` |
+//! | `overflow` | writes one byte past the end inside `with_bytes_mut` | dies of SIGSEGV, or `overflowed` |
+//! | `underflow` | writes one byte before the data page inside `with_bytes_mut` | dies of SIGSEGV, or `underflowed` |
+//! | `exit` | exits 0 | `bye` |
+//!
+//! In memlock-limit mode (`--fill N`) it instead creates up to `N` small secrets and answers one
+//! line per secret (`created I backing=.. locked=..` or `error I <message>`), then `done`.
+
+use securememory::{
+    Backing, MlockPolicy, ProtectedMemorySecretFactory, Secret, SecretFactory,
+};
+use std::io::{self, Write};
+
+/// The length of the marker secret, in bytes.
+pub const MARKER_LEN: usize = 32;
+
+/// Where the holder's secret lives (the factory's `Backing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackingArg {
+    /// `Backing::Auto`: secret memory where available, anonymous memory otherwise.
+    #[default]
+    Auto,
+    /// `Backing::Anonymous`.
+    Anonymous,
+    /// `Backing::SecretMem`.
+    Secretmem,
+}
+
+impl BackingArg {
+    /// The library's value.
+    pub fn backing(self) -> Backing {
+        match self {
+            BackingArg::Auto => Backing::Auto,
+            BackingArg::Anonymous => Backing::Anonymous,
+            BackingArg::Secretmem => Backing::SecretMem,
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackingArg::Auto => "auto",
+            BackingArg::Anonymous => "anonymous",
+            BackingArg::Secretmem => "secretmem",
+        }
+    }
+}
+
+/// What the holder's factory does when memory cannot be locked (the factory's `MlockPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MlockArg {
+    /// `MlockPolicy::Required` (the default factory's policy).
+    #[default]
+    Required,
+    /// `MlockPolicy::BestEffort`.
+    BestEffort,
+}
+
+impl MlockArg {
+    /// The library's value.
+    pub fn policy(self) -> MlockPolicy {
+        match self {
+            MlockArg::Required => MlockPolicy::Required,
+            MlockArg::BestEffort => MlockPolicy::BestEffort,
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            MlockArg::Required => "required",
+            MlockArg::BestEffort => "best-effort",
+        }
+    }
+}
+
+/// The holder's command line (`securemem holder ...`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct HolderArgs {
+    /// Where the secret lives.
+    #[arg(long, value_enum, default_value_t = BackingArg::Auto)]
+    pub backing: BackingArg,
+    /// What to do when memory cannot be locked.
+    #[arg(long, value_enum, default_value_t = MlockArg::Required)]
+    pub mlock: MlockArg,
+    /// Raise the soft core-dump limit to the hard one (otherwise it is set to 0, so that the
+    /// fault probes do not spend time writing dumps).
+    #[arg(long)]
+    pub core_dumps: bool,
+    /// Drop CAP_IPC_LOCK from this process before anything else, so RLIMIT_MEMLOCK applies
+    /// even to root.
+    #[arg(long)]
+    pub drop_ipc_lock: bool,
+    /// Lower RLIMIT_MEMLOCK (soft and hard) to this many bytes.
+    #[arg(long)]
+    pub memlock_limit: Option<u64>,
+    /// Memlock-limit mode: create up to this many 32-byte secrets, report each, and exit.
+    #[arg(long)]
+    pub fill: Option<usize>,
+}
+
+/// Runs the holder; returns the process exit code.
+pub fn run(args: &HolderArgs) -> i32 {
+    match run_inner(args) {
+        Ok(()) => 0,
+        Err(message) => {
+            let _ = send(&format!("error {}", one_line(&message)));
+            1
+        }
+    }
+}
+
+fn one_line(message: &str) -> String {
+    message.replace(['\n', '\r'], " ")
+}
+
+fn run_inner(args: &HolderArgs) -> Result<(), String> {
+    if args.drop_ipc_lock {
+        crate::sys::drop_capability(crate::sys::CAP_IPC_LOCK)
+            .map_err(|e| format!("capset (dropping CAP_IPC_LOCK) failed: {e}"))?;
+    }
+    if let Some(limit) = args.memlock_limit {
+        crate::sys::set_rlimit(libc::RLIMIT_MEMLOCK, limit, Some(limit))
+            .map_err(|e| format!("setrlimit(RLIMIT_MEMLOCK, {limit}) failed: {e}"))?;
+    }
+    let (_, core_hard) = crate::sys::get_rlimit(libc::RLIMIT_CORE);
+    let core_soft = if args.core_dumps { core_hard } else { Some(0) };
+    crate::sys::set_rlimit(libc::RLIMIT_CORE, core_soft.unwrap_or(u64::MAX), None)
+        .map_err(|e| format!("setrlimit(RLIMIT_CORE) failed: {e}"))?;
+
+    let factory = if args.backing == BackingArg::Auto && args.mlock == MlockArg::Required {
+        ProtectedMemorySecretFactory::default()
+    } else {
+        ProtectedMemorySecretFactory::builder()
+            .backing(args.backing.backing())
+            .mlock(args.mlock.policy())
+            .build()
+    };
+    if let Some(count) = args.fill {
+        fill(&factory, count);
+        return Ok(());
+    }
+    let secret = factory
+        .create_random(MARKER_LEN)
+        .map_err(|e| format!("create_random: {e}"))?;
+    announce(&secret)?;
+    serve(&secret)
+}
+
+fn fill(factory: &ProtectedMemorySecretFactory, count: usize) {
+    let mut kept = Vec::with_capacity(count);
+    for i in 0..count {
+        match factory.create_random(MARKER_LEN) {
+            Ok(secret) => {
+                let p = secret.protection();
+                let _ = send(&format!(
+                    "created {i} backing={} locked={}",
+                    backing_name(p.backing),
+                    p.locked
+                ));
+                kept.push(secret);
+            }
+            Err(e) => {
+                let _ = send(&format!("error {i} {}", one_line(&e.to_string())));
+                break;
+            }
+        }
+    }
+    let _ = send("done");
+}
+
+fn backing_name(backing: Backing) -> &'static str {
+    match backing {
+        Backing::SecretMem => "secretmem",
+        Backing::Anonymous => "anonymous",
+        _ => "auto",
+    }
+}
+
+/// Sends the `ready` line. The marker's hex is built in a stack buffer inside the access and
+/// written with one `write(2)` (not through std's buffered stdout, whose heap buffer would keep
+/// a copy), then the buffer is wiped.
+fn announce(secret: &Secret) -> Result<(), String> {
+    let p = secret.protection();
+    let addr = secret
+        .with_bytes(|b| b.as_ptr() as usize)
+        .map_err(|e| format!("with_bytes: {e}"))?;
+    let head = format!(
+        "ready pid={} addr={addr:#x} len={} backing={} locked={} dump_excluded={} \
+         fork_protected={} guard_pages={} kernel_invisible={} marker=",
+        std::process::id(),
+        secret.len(),
+        backing_name(p.backing),
+        p.locked,
+        p.dump_excluded,
+        p.fork_protected,
+        p.guard_pages,
+        p.kernel_invisible,
+    );
+    let mut line = [0u8; 512];
+    let head_len = head.len();
+    if head_len + 2 * MARKER_LEN + 1 > line.len() {
+        return Err("ready line too long".into());
+    }
+    line[..head_len].copy_from_slice(head.as_bytes());
+    let written = secret
+        .with_bytes(|bytes| {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            for (i, &b) in bytes.iter().enumerate() {
+                line[head_len + 2 * i] = HEX[usize::from(b >> 4)];
+                line[head_len + 2 * i + 1] = HEX[usize::from(b & 15)];
+            }
+            let end = head_len + 2 * bytes.len();
+            line[end] = b'\n';
+            write_all_raw(&line[..=end])
+        })
+        .map_err(|e| format!("with_bytes: {e}"));
+    wipe(&mut line);
+    written?.map_err(|e| format!("write: {e}"))
+}
+
+fn wipe(buf: &mut [u8]) {
+    for b in buf.iter_mut() {
+        // SAFETY: `b` is a valid, exclusive reference; the volatile write keeps the compiler
+        // from dropping a store to memory that is not read again.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+fn write_all_raw(mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: writes from a valid slice to the stdout descriptor.
+        let n = unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+fn send(line: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(line.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// Reads one command line from stdin with `read(2)`, one byte at a time, so no buffered reader
+/// holds input across a fork. `None` at end of input.
+fn command() -> Option<String> {
+    let mut line = Vec::new();
+    loop {
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a valid local.
+        let n = unsafe { libc::read(0, (&raw mut byte).cast(), 1) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return None;
+        }
+        if n == 0 {
+            return (!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned());
+        }
+        if byte == b'\n' {
+            return Some(String::from_utf8_lossy(&line).trim().to_string());
+        }
+        line.push(byte);
+    }
+}
+
+fn serve(secret: &Secret) -> Result<(), String> {
+    while let Some(cmd) = command() {
+        match cmd.as_str() {
+            "enter" => {
+                let result = secret.with_bytes(|_| {
+                    let _ = send("inside");
+                    while let Some(inner) = command() {
+                        match inner.as_str() {
+                            "leave" => break,
+                            "abort" => std::process::abort(),
+                            other => {
+                                let _ = send(&format!("error unknown command inside: {other}"));
+                            }
+                        }
+                    }
+                });
+                match result {
+                    Ok(()) => send("left"),
+                    Err(e) => send(&format!("error {e}")),
+                }
+            }
+            "abort" => std::process::abort(),
+            "close" => match secret.close() {
+                Ok(()) => send("closed"),
+                Err(e) => send(&format!("error {}", one_line(&e.to_string()))),
+            },
+            "fork" => fork_and_read(secret),
+            "touch" => {
+                let addr = address(secret)?;
+                // SAFETY: deliberately not safe: reads the secret's page outside an access to
+                // show that it faults. Surviving the read is the failure being probed for.
+                let b = unsafe { std::ptr::read_volatile(addr as *const u8) };
+                send(&format!("touched value={b:#04x}"))
+            }
+            "overflow" | "underflow" => {
+                let r = secret.with_bytes_mut(|bytes| {
+                    let target = if cmd == "overflow" {
+                        bytes.as_mut_ptr() as usize + bytes.len()
+                    } else {
+                        (bytes.as_mut_ptr() as usize & !(crate::sys::page_size() - 1)) - 1
+                    };
+                    // SAFETY: deliberately not safe: writes one byte outside the secret's data
+                    // to show that the guard page faults.
+                    unsafe { std::ptr::write_volatile(target as *mut u8, 0x5a) };
+                });
+                match r {
+                    Ok(()) => send(&format!("{cmd}ed")),
+                    Err(e) => send(&format!("error {e}")),
+                }
+            }
+            "exit" => {
+                send("bye").map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            other => send(&format!("error unknown command: {other}")),
+        }
+        .map_err(|e| format!("write: {e}"))?;
+    }
+    Ok(())
+}
+
+fn address(secret: &Secret) -> Result<usize, String> {
+    secret
+        .with_bytes(|b| b.as_ptr() as usize)
+        .map_err(|e| format!("with_bytes: {e}"))
+}
+
+/// Forks. The child tries the API (`with_bytes`, which must refuse), then does what an attacker
+/// in the child could: makes the inherited page readable and reads it raw. It reports both and
+/// exits; the parent waits for it and answers `forked`.
+fn fork_and_read(secret: &Secret) -> io::Result<()> {
+    let addr = match address(secret) {
+        Ok(a) => a,
+        Err(e) => return send(&format!("error {e}")),
+    };
+    let page = crate::sys::page_size();
+    // SAFETY: the holder is single-threaded; the child only makes syscalls, reads the
+    // secret through the library, formats into a stack buffer and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return send(&format!("error fork: {}", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        let mut line = [0u8; 256];
+        let mut n = 0;
+        let mut put = |s: &[u8], line: &mut [u8; 256]| {
+            let m = s.len().min(line.len() - n);
+            line[n..n + m].copy_from_slice(&s[..m]);
+            n += m;
+        };
+        put(b"child api=", &mut line);
+        let mut api_hex = [0u8; 2 * MARKER_LEN];
+        let api = secret.with_bytes(|bytes| {
+            hex_into(bytes, &mut api_hex);
+        });
+        match api {
+            Ok(()) => put(&api_hex, &mut line),
+            Err(securememory::Error::Forked) => put(b"refused", &mut line),
+            Err(_) => put(b"error", &mut line),
+        }
+        put(b" raw=", &mut line);
+        let page_start = addr & !(page - 1);
+        // SAFETY: the attacker's move in the child: make the inherited page readable.
+        let rc = unsafe { libc::mprotect(page_start as *mut libc::c_void, page, libc::PROT_READ) };
+        if rc != 0 {
+            put(b"unmapped", &mut line);
+        } else {
+            let mut raw = [0u8; MARKER_LEN];
+            for (i, r) in raw.iter_mut().enumerate() {
+                // SAFETY: the page is mapped and readable in this child (mprotect succeeded).
+                *r = unsafe { std::ptr::read_volatile((addr + i) as *const u8) };
+            }
+            if raw.iter().all(|&b| b == 0) {
+                put(b"zeros", &mut line);
+            } else {
+                let mut raw_hex = [0u8; 2 * MARKER_LEN];
+                hex_into(&raw, &mut raw_hex);
+                put(&raw_hex, &mut line);
+            }
+        }
+        put(b"\n", &mut line);
+        let _ = write_all_raw(&line[..n]);
+        // SAFETY: ends the child without running the parent's destructors or atexit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    send("forked")
+}
+
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, &b) in bytes.iter().enumerate().take(out.len() / 2) {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+}

@@ -1,0 +1,193 @@
+//! Access: `with_bytes` reading every byte, against the raw `mprotect` cycle and the peers.
+//!
+//! Groups are `access/<size>/<threads>`; rows are `raw-mprotect-<backing>` (the baseline),
+//! `secret-<backing>`, `secrets-crate` (libsodium's `sodium_mprotect_*` through `SecretVec`)
+//! and `memsec-anonymous`.
+
+#[cfg(target_os = "linux")]
+mod common;
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::common;
+    use criterion::{criterion_group, BenchmarkGroup};
+    use criterion::{measurement::WallTime, Criterion};
+    use securememory::{Secret, SecretFactory};
+    use securememory_bench::raw::RawSecret;
+    use securememory_bench::threads::{aggregate, BusySibling};
+    use securememory_bench::{touch, SIZES};
+    use std::hint::black_box;
+    use std::ptr::NonNull;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// Times `iters` calls of `access`, with a busy sibling thread running when `sibling`.
+    fn timed(iters: u64, sibling: bool, mut access: impl FnMut()) -> Duration {
+        let busy = sibling.then(BusySibling::start);
+        let start = Instant::now();
+        for _ in 0..iters {
+            access();
+        }
+        let elapsed = start.elapsed();
+        drop(busy);
+        elapsed
+    }
+
+    /// A `memsec::malloc_sized` allocation kept `PROT_NONE` between accesses.
+    struct Memsec(NonNull<[u8]>);
+
+    impl Memsec {
+        fn new(bytes: &[u8]) -> Memsec {
+            // SAFETY: memsec returns a fresh read-write allocation of the requested size.
+            unsafe {
+                let mut ptr = memsec::malloc_sized(bytes.len()).expect("memsec::malloc_sized");
+                ptr.as_mut().copy_from_slice(bytes);
+                memsec::mprotect(ptr, memsec::Prot::NoAccess);
+                Memsec(ptr)
+            }
+        }
+
+        #[inline]
+        fn access(&self) -> u8 {
+            // SAFETY: the allocation is live; it is readable between the two mprotect calls.
+            unsafe {
+                memsec::mprotect(self.0, memsec::Prot::ReadOnly);
+                let result = touch(self.0.as_ref());
+                memsec::mprotect(self.0, memsec::Prot::NoAccess);
+                result
+            }
+        }
+    }
+
+    impl Drop for Memsec {
+        fn drop(&mut self) {
+            // SAFETY: allocated by memsec::malloc_sized and freed once; memsec checks its canary
+            // before unprotecting, so the caller makes the memory accessible first.
+            unsafe {
+                memsec::mprotect(self.0, memsec::Prot::ReadWrite);
+                memsec::free(self.0);
+            }
+        }
+    }
+
+    fn one_thread(group: &mut BenchmarkGroup<'_, WallTime>, len: usize, sibling: bool) {
+        let bytes = common::pattern(len);
+        for (name, factory, raw_backing) in common::backings() {
+            let raw = RawSecret::new(&mut bytes.clone(), raw_backing).expect("raw secret");
+            group.bench_function(format!("raw-mprotect-{name}"), |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(raw.access(touch));
+                    })
+                })
+            });
+            raw.close().expect("closing a raw secret");
+            let secret = factory.new(&mut bytes.clone()).expect("secret");
+            group.bench_function(format!("secret-{name}"), |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(secret.with_bytes(touch).expect("with_bytes"));
+                    })
+                })
+            });
+            secret.close().expect("closing a secret");
+        }
+        let sodium = secrets::SecretVec::<u8>::new(len, |s| s.copy_from_slice(&bytes));
+        group.bench_function("secrets-crate", |b| {
+            b.iter_custom(|iters| {
+                timed(iters, sibling, || {
+                    black_box(touch(&sodium.borrow()));
+                })
+            })
+        });
+        drop(sodium);
+        let memsec = Memsec::new(&bytes);
+        group.bench_function("memsec-anonymous", |b| {
+            b.iter_custom(|iters| {
+                timed(iters, sibling, || {
+                    black_box(memsec.access());
+                })
+            })
+        });
+    }
+
+    fn two_threads_shared(group: &mut BenchmarkGroup<'_, WallTime>, len: usize) {
+        let bytes = common::pattern(len);
+        for (name, factory, _) in common::backings() {
+            let secret = factory.new(&mut bytes.clone()).expect("secret");
+            group.bench_function(format!("secret-{name}"), |b| {
+                b.iter_custom(|iters| {
+                    aggregate(2, iters, |_, n| {
+                        for _ in 0..n {
+                            black_box(secret.with_bytes(touch).expect("with_bytes"));
+                        }
+                    })
+                })
+            });
+            secret.close().expect("closing a secret");
+        }
+    }
+
+    fn two_threads_own(group: &mut BenchmarkGroup<'_, WallTime>, len: usize) {
+        let bytes = common::pattern(len);
+        for (name, factory, raw_backing) in common::backings() {
+            let raws: Vec<Mutex<RawSecret>> = (0..2)
+                .map(|_| {
+                    Mutex::new(RawSecret::new(&mut bytes.clone(), raw_backing).expect("raw secret"))
+                })
+                .collect();
+            group.bench_function(format!("raw-mprotect-{name}"), |b| {
+                b.iter_custom(|iters| {
+                    aggregate(2, iters, |index, n| {
+                        let raw = raws[index].lock().expect("a raw secret's lock");
+                        for _ in 0..n {
+                            black_box(raw.access(touch));
+                        }
+                    })
+                })
+            });
+            drop(raws);
+            let secrets: Vec<Secret> = (0..2)
+                .map(|_| factory.new(&mut bytes.clone()).expect("secret"))
+                .collect();
+            group.bench_function(format!("secret-{name}"), |b| {
+                b.iter_custom(|iters| {
+                    aggregate(2, iters, |index, n| {
+                        for _ in 0..n {
+                            black_box(secrets[index].with_bytes(touch).expect("with_bytes"));
+                        }
+                    })
+                })
+            });
+        }
+    }
+
+    fn access(c: &mut Criterion) {
+        for (size, len) in SIZES {
+            let mut group = c.benchmark_group(format!("access/{size}/1-thread"));
+            one_thread(&mut group, len, false);
+            group.finish();
+            let mut group = c.benchmark_group(format!("access/{size}/1-thread-busy-sibling"));
+            one_thread(&mut group, len, true);
+            group.finish();
+            let mut group = c.benchmark_group(format!("access/{size}/2-threads-shared"));
+            two_threads_shared(&mut group, len);
+            group.finish();
+            let mut group = c.benchmark_group(format!("access/{size}/2-threads-own"));
+            two_threads_own(&mut group, len);
+            group.finish();
+        }
+    }
+
+    criterion_group! {
+        name = benches;
+        config = common::criterion();
+        targets = access
+    }
+}
+
+#[cfg(target_os = "linux")]
+criterion::criterion_main!(linux::benches);
+
+#[cfg(not(target_os = "linux"))]
+fn main() {}

@@ -1,0 +1,112 @@
+//! Lifecycle: make a 32-byte secret and close it, against the raw system-call sequence and the
+//! peers.
+//!
+//! Groups are `lifecycle/32B/new-close` and `lifecycle/32B/create_random-close`; rows are
+//! `raw-sequence-<backing>` (the baseline), `secret-<backing>`, `secrets-crate`
+//! (`sodium_malloc` + `sodium_free`) and `memsec-<backing>` (malloc, mprotect to no access, mprotect back, free).
+
+#[cfg(target_os = "linux")]
+mod common;
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::common;
+    use criterion::{criterion_group, Criterion};
+    use securememory::SecretFactory;
+    use securememory_bench::raw::{self, RawSecret};
+    use std::hint::black_box;
+
+    const LEN: usize = 32;
+
+    fn new_close(c: &mut Criterion) {
+        let source = common::pattern(LEN);
+        let mut group = c.benchmark_group("lifecycle/32B/new-close");
+        for (name, factory, raw_backing) in common::backings() {
+            group.bench_function(format!("raw-sequence-{name}"), |b| {
+                let mut buf = source.clone();
+                b.iter(|| {
+                    buf.copy_from_slice(&source);
+                    let raw = RawSecret::new(black_box(&mut buf), raw_backing).expect("raw secret");
+                    raw.close().expect("closing a raw secret");
+                })
+            });
+            group.bench_function(format!("secret-{name}"), |b| {
+                let mut buf = source.clone();
+                b.iter(|| {
+                    buf.copy_from_slice(&source);
+                    let secret = factory.new(black_box(&mut buf)).expect("secret");
+                    secret.close().expect("closing a secret");
+                })
+            });
+        }
+        group.bench_function("secrets-crate", |b| {
+            b.iter(|| {
+                let secret = secrets::SecretVec::<u8>::new(LEN, |s| s.copy_from_slice(&source));
+                drop(black_box(secret));
+            })
+        });
+        group.bench_function("memsec-anonymous", |b| {
+            b.iter(|| {
+                // SAFETY: a fresh read-write allocation, filled, protected, then freed once.
+                unsafe {
+                    let mut ptr = memsec::malloc_sized(LEN).expect("memsec::malloc_sized");
+                    ptr.as_mut().copy_from_slice(&source);
+                    memsec::mprotect(ptr, memsec::Prot::NoAccess);
+                    // memsec checks its canary before unprotecting: the caller unprotects first.
+                    memsec::mprotect(ptr, memsec::Prot::ReadWrite);
+                    memsec::free(black_box(ptr));
+                }
+            })
+        });
+        if raw::secretmem_available() {
+            group.bench_function("memsec-secretmem", |b| {
+                b.iter(|| {
+                    // SAFETY: as above, with memfd_secret memory and its own free.
+                    unsafe {
+                        let mut ptr =
+                            memsec::memfd_secret_sized(LEN).expect("memsec::memfd_secret_sized");
+                        ptr.as_mut().copy_from_slice(&source);
+                        memsec::mprotect(ptr, memsec::Prot::NoAccess);
+                        memsec::mprotect(ptr, memsec::Prot::ReadWrite);
+                        memsec::free_memfd_secret(black_box(ptr));
+                    }
+                })
+            });
+        }
+        group.finish();
+    }
+
+    fn create_random_close(c: &mut Criterion) {
+        let mut group = c.benchmark_group("lifecycle/32B/create_random-close");
+        for (name, factory, raw_backing) in common::backings() {
+            group.bench_function(format!("raw-sequence-{name}"), |b| {
+                b.iter(|| {
+                    let raw = RawSecret::random(black_box(LEN), raw_backing).expect("raw secret");
+                    raw.close().expect("closing a raw secret");
+                })
+            });
+            group.bench_function(format!("secret-{name}"), |b| {
+                b.iter(|| {
+                    let secret = factory.create_random(black_box(LEN)).expect("secret");
+                    secret.close().expect("closing a secret");
+                })
+            });
+        }
+        group.bench_function("secrets-crate", |b| {
+            b.iter(|| drop(black_box(secrets::SecretVec::<u8>::random(LEN))))
+        });
+        group.finish();
+    }
+
+    criterion_group! {
+        name = benches;
+        config = common::criterion();
+        targets = new_close, create_random_close
+    }
+}
+
+#[cfg(target_os = "linux")]
+criterion::criterion_main!(linux::benches);
+
+#[cfg(not(target_os = "linux"))]
+fn main() {}

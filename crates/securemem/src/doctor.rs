@@ -87,21 +87,39 @@ fn probes() -> Vec<(&'static str, &'static str, ProbeFn)> {
         ("P1", "tight RLIMIT_MEMLOCK, MlockPolicy::BestEffort", |o| {
             probe::memlock::limit(o, MlockArg::BestEffort)
         }),
-        ("P2", "kernel core dump, idle", |o| probe::dump::kernel_core_dump(o, false)),
+        ("P2", "kernel core dump, idle", |o| {
+            probe::dump::kernel_core_dump(o, false)
+        }),
         ("P2", "kernel core dump, inside an access", |o| {
             probe::dump::kernel_core_dump(o, true)
         }),
         ("P2", "gcore, idle", |o| probe::dump::gcore(o, false)),
-        ("P2", "gcore, inside an access", |o| probe::dump::gcore(o, true)),
-        ("P3", "touch the raw address outside an access", probe::fault::touch_idle),
-        ("P4", "close under trace, then scan", probe::wipe::close_wipes),
+        ("P2", "gcore, inside an access", |o| {
+            probe::dump::gcore(o, true)
+        }),
+        (
+            "P3",
+            "touch the raw address outside an access",
+            probe::fault::touch_idle,
+        ),
+        (
+            "P4",
+            "close under trace, then scan",
+            probe::wipe::close_wipes,
+        ),
         ("P5", "fork and read in the child", probe::fault::fork),
-        ("P6", "read from outside, idle", |o| probe::kernel_read::kernel_read(o, false)),
+        ("P6", "read from outside, idle", |o| {
+            probe::kernel_read::kernel_read(o, false)
+        }),
         ("P6", "read from outside, inside an access", |o| {
             probe::kernel_read::kernel_read(o, true)
         }),
         ("P7", "write one byte past the end", probe::fault::overflow),
-        ("P7", "write one byte before the data page", probe::fault::underflow),
+        (
+            "P7",
+            "write one byte before the data page",
+            probe::fault::underflow,
+        ),
     ]
 }
 
@@ -111,7 +129,9 @@ pub fn run(exe: PathBuf, backing: BackingArg) -> Report {
     // Best effort, so the probes still run (and say what is weaker) where memory cannot be
     // locked; the P1 row then reports the secrets as not locked.
     let mlock = MlockArg::BestEffort;
-    let options = HolderOptions::new(exe).with_backing(backing).with_mlock(mlock);
+    let options = HolderOptions::new(exe)
+        .with_backing(backing)
+        .with_mlock(mlock);
     let results: Vec<(&str, ProbeResult)> = std::thread::scope(|scope| {
         let handles: Vec<_> = probes()
             .into_iter()
@@ -123,9 +143,9 @@ pub fn run(exe: PathBuf, backing: BackingArg) -> Report {
         handles
             .into_iter()
             .map(|(id, name, h)| {
-                let outcome = h.join().unwrap_or_else(|_| {
-                    Err(ProbeError::Broken("the probe panicked".into()))
-                });
+                let outcome = h
+                    .join()
+                    .unwrap_or_else(|_| Err(ProbeError::Broken("the probe panicked".into())));
                 let (finding, error) = match outcome {
                     Ok(f) => (Some(f), None),
                     Err(e) => (None, Some(e)),
@@ -162,7 +182,12 @@ pub fn run(exe: PathBuf, backing: BackingArg) -> Report {
     }
 }
 
-fn judge(id: &'static str, promise: &'static str, probes: Vec<ProbeResult>, m: &Machine) -> PromiseRow {
+fn judge(
+    id: &'static str,
+    promise: &'static str,
+    probes: Vec<ProbeResult>,
+    m: &Machine,
+) -> PromiseRow {
     let mut evidence = Vec::new();
     let mut broken = false;
     let mut failed_to_run = false;
@@ -173,7 +198,11 @@ fn judge(id: &'static str, promise: &'static str, probes: Vec<ProbeResult>, m: &
         match (&p.finding, &p.error) {
             (Some(f), _) => {
                 let verdict = if f.holds { "ok" } else { "BROKEN" };
-                evidence.push(format!("{} [{verdict}]: {}", p.probe, f.evidence.join("; ")));
+                evidence.push(format!(
+                    "{} [{verdict}]: {}",
+                    p.probe,
+                    f.evidence.join("; ")
+                ));
                 broken |= !f.holds;
                 if let Some(r) = &f.ready {
                     marker_backing.get_or_insert(r.backing.clone());
@@ -216,9 +245,11 @@ fn judge(id: &'static str, promise: &'static str, probes: Vec<ProbeResult>, m: &
             return None;
         }
         Some(match id {
-            "P1" if reported_unlocked => "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd `LimitMEMLOCK=`, \
+            "P1" if reported_unlocked => {
+                "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd `LimitMEMLOCK=`, \
                 `docker run --ulimit memlock=`) or grant CAP_IPC_LOCK"
-                .into(),
+                    .into()
+            }
             "P6" if unavailable_reason.is_some() => "use Backing::Auto on Linux 5.14+ with \
                 memfd_secret enabled (boot with secretmem.enable=1 on kernels before 6.5)"
                 .into(),
@@ -235,7 +266,9 @@ fn judge(id: &'static str, promise: &'static str, probes: Vec<ProbeResult>, m: &
             _ if failed_to_run => "a probe could not run; rerun `securemem doctor` and report the \
                 evidence if it persists"
                 .into(),
-            _ if !skipped.is_empty() && !broken => format!("to run the missing probe: {}", skipped.join("; ")),
+            _ if !skipped.is_empty() && !broken => {
+                format!("to run the missing probe: {}", skipped.join("; "))
+            }
             _ => "this promise is broken on this machine: report it with this output".into(),
         })
     };
@@ -274,7 +307,10 @@ impl Report {
     /// The report as plain text.
     pub fn plain(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "securemem doctor: what this machine guarantees for secrets in memory\n");
+        let _ = writeln!(
+            out,
+            "securemem doctor: what this machine guarantees for secrets in memory\n"
+        );
         let _ = writeln!(out, "Machine");
         for (name, value) in self.machine.rows() {
             let _ = writeln!(out, "  {name:<26}{value}");
@@ -286,7 +322,8 @@ impl Report {
             .filter_map(|p| p.finding.as_ref())
             .find(|f| f.ready.is_some())
             .map_or("unknown".to_string(), |f| f.backing.clone());
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
             "\nPromises (probed in child processes; backing {} -> {backing_got}, MlockPolicy::{})",
             self.backing.name(),
@@ -306,7 +343,11 @@ impl Report {
                 let _ = writeln!(out, "       remedy: {r}");
             }
         }
-        let fails = self.promises.iter().filter(|p| p.status == Status::Fail).count();
+        let fails = self
+            .promises
+            .iter()
+            .filter(|p| p.status == Status::Fail)
+            .count();
         let unavailable = self
             .promises
             .iter()

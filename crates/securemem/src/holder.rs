@@ -3,12 +3,12 @@
 //!
 //! It runs as the hidden `securemem holder` subcommand. On start it creates a secret holding a
 //! fresh random 32-byte marker (generated in place by `create_random`), reads it once inside an
-//! access to send its hex to the parent over the stdout pipe, wipes that copy, and prints one
-//! `ready` line:
+//! access to send its hex to the parent over the stdout pipe (`marker <64 hex digits>`), wipes
+//! that copy, and, once the access has ended, prints one `ready` line:
 //!
 //! ```text
 //! ready pid=1234 addr=0x7f.. len=32 backing=secretmem locked=true dump_excluded=true
-//!       fork_protected=true guard_pages=true kernel_invisible=true marker=<64 hex digits>
+//!       fork_protected=true guard_pages=true kernel_invisible=true
 //! ```
 //!
 //! Then it reads one command per line on stdin and answers one line on stdout:
@@ -28,9 +28,7 @@
 //! In memlock-limit mode (`--fill N`) it instead creates up to `N` small secrets and answers one
 //! line per secret (`created I backing=.. locked=..` or `error I <message>`), then `done`.
 
-use securememory::{
-    Backing, MlockPolicy, ProtectedMemorySecretFactory, Secret, SecretFactory,
-};
+use securememory::{Backing, MlockPolicy, ProtectedMemorySecretFactory, Secret, SecretFactory};
 use std::io::{self, Write};
 
 /// The length of the marker secret, in bytes.
@@ -201,17 +199,31 @@ fn backing_name(backing: Backing) -> &'static str {
     }
 }
 
-/// Sends the `ready` line. The marker's hex is built in a stack buffer inside the access and
-/// written with one `write(2)` (not through std's buffered stdout, whose heap buffer would keep
-/// a copy), then the buffer is wiped.
+/// Sends the marker, then the `ready` line. The marker's hex is built in a stack buffer inside
+/// the access and written with one `write(2)` (not through std's buffered stdout, whose heap
+/// buffer would keep a copy), then the buffer is wiped. `ready` is sent only after the access
+/// has ended, so a probe that reads it knows the secret is idle.
 fn announce(secret: &Secret) -> Result<(), String> {
     let p = secret.protection();
-    let addr = secret
-        .with_bytes(|b| b.as_ptr() as usize)
-        .map_err(|e| format!("with_bytes: {e}"))?;
-    let head = format!(
+    let addr = address(secret)?;
+    let mut line = [0u8; 8 + 2 * MARKER_LEN];
+    let written = secret
+        .with_bytes(|bytes| {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            line[..7].copy_from_slice(b"marker ");
+            for (i, &b) in bytes.iter().enumerate().take(MARKER_LEN) {
+                line[7 + 2 * i] = HEX[usize::from(b >> 4)];
+                line[7 + 2 * i + 1] = HEX[usize::from(b & 15)];
+            }
+            line[7 + 2 * MARKER_LEN] = b'\n';
+            write_all_raw(&line)
+        })
+        .map_err(|e| format!("with_bytes: {e}"));
+    wipe(&mut line);
+    written?.map_err(|e| format!("write: {e}"))?;
+    send(&format!(
         "ready pid={} addr={addr:#x} len={} backing={} locked={} dump_excluded={} \
-         fork_protected={} guard_pages={} kernel_invisible={} marker=",
+         fork_protected={} guard_pages={} kernel_invisible={}",
         std::process::id(),
         secret.len(),
         backing_name(p.backing),
@@ -220,27 +232,8 @@ fn announce(secret: &Secret) -> Result<(), String> {
         p.fork_protected,
         p.guard_pages,
         p.kernel_invisible,
-    );
-    let mut line = [0u8; 512];
-    let head_len = head.len();
-    if head_len + 2 * MARKER_LEN + 1 > line.len() {
-        return Err("ready line too long".into());
-    }
-    line[..head_len].copy_from_slice(head.as_bytes());
-    let written = secret
-        .with_bytes(|bytes| {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            for (i, &b) in bytes.iter().enumerate() {
-                line[head_len + 2 * i] = HEX[usize::from(b >> 4)];
-                line[head_len + 2 * i + 1] = HEX[usize::from(b & 15)];
-            }
-            let end = head_len + 2 * bytes.len();
-            line[end] = b'\n';
-            write_all_raw(&line[..=end])
-        })
-        .map_err(|e| format!("with_bytes: {e}"));
-    wipe(&mut line);
-    written?.map_err(|e| format!("write: {e}"))
+    ))
+    .map_err(|e| format!("write: {e}"))
 }
 
 fn wipe(buf: &mut [u8]) {

@@ -49,7 +49,9 @@ pub struct Machine {
 }
 
 fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn read_num(path: &str) -> Option<u64> {
@@ -93,7 +95,11 @@ impl Machine {
             core_hard,
             suid_dumpable: read_num("/proc/sys/fs/suid_dumpable"),
             ptrace_scope: read_num("/proc/sys/kernel/yama/ptrace_scope"),
-            swap_devices: swaps.lines().skip(1).filter(|l| !l.trim().is_empty()).count(),
+            swap_devices: swaps
+                .lines()
+                .skip(1)
+                .filter(|l| !l.trim().is_empty())
+                .count(),
             swap_total_kb,
             gcore: crate::probe::dump::gcore_path().map(|p| p.display().to_string()),
             // SAFETY: geteuid has no preconditions.
@@ -111,8 +117,12 @@ impl Machine {
             (
                 "memfd_secret",
                 match &self.memfd_secret {
-                    Ok(()) => "available: secrets can be removed from the kernel's direct map".into(),
-                    Err(e) => format!("unavailable ({e}): needs Linux 5.14+, secretmem.enable=1 before 6.5"),
+                    Ok(()) => {
+                        "available: secrets can be removed from the kernel's direct map".into()
+                    }
+                    Err(e) => format!(
+                        "unavailable ({e}): needs Linux 5.14+, secretmem.enable=1 before 6.5"
+                    ),
                 },
             ),
             (
@@ -130,7 +140,8 @@ impl Machine {
                     limit(self.memlock_soft),
                     limit(self.memlock_hard),
                     match (self.cap_ipc_lock, self.memlock_soft) {
-                        (true, _) => " (this process has CAP_IPC_LOCK and is not bound by it)".to_string(),
+                        (true, _) =>
+                            " (this process has CAP_IPC_LOCK and is not bound by it)".to_string(),
                         (false, Some(s)) => format!(" = {} one-page secrets", s / page),
                         (false, None) => String::new(),
                     }
@@ -158,7 +169,8 @@ impl Machine {
             ),
             (
                 "fs.suid_dumpable",
-                self.suid_dumpable.map_or("unknown".into(), |v| v.to_string()),
+                self.suid_dumpable
+                    .map_or("unknown".into(), |v| v.to_string()),
             ),
             (
                 "kernel.yama.ptrace_scope",

@@ -32,9 +32,9 @@ mod cli {
     pub fn main() -> std::process::ExitCode {
         let cli = Cli::parse();
         match cli.command {
-            Command::Holder(args) => {
-                std::process::ExitCode::from(u8::try_from(securemem::holder::run(&args)).unwrap_or(1))
-            }
+            Command::Holder(args) => std::process::ExitCode::from(
+                u8::try_from(securemem::holder::run(&args)).unwrap_or(1),
+            ),
             Command::Doctor { json, backing } => {
                 let exe = match std::env::current_exe() {
                     Ok(exe) => exe,

@@ -73,10 +73,7 @@ impl TempDir {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir(&path)?;
-        std::fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         Ok(TempDir(path))
     }
 
@@ -202,7 +199,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
-fn parse_ready(line: &str) -> Option<(Ready, [u8; MARKER_LEN])> {
+fn parse_ready(marker: &str, line: &str) -> Option<(Ready, [u8; MARKER_LEN])> {
     let flag = |k: &str| field(line, k).map(|v| v == "true");
     let ready = Ready {
         pid: field(line, "pid")?.parse().ok()?,
@@ -215,7 +212,7 @@ fn parse_ready(line: &str) -> Option<(Ready, [u8; MARKER_LEN])> {
         guard_pages: flag("guard_pages")?,
         kernel_invisible: flag("kernel_invisible")?,
     };
-    let marker = decode_hex(field(line, "marker")?)?;
+    let marker = decode_hex(marker.strip_prefix("marker ")?)?;
     Some((ready, marker.try_into().ok()?))
 }
 
@@ -240,15 +237,21 @@ impl Holder {
             .map_err(|e| ProbeError::Broken(format!("creating a temporary directory: {e}")))?;
         let (mut child, lines) = spawn_lines(options, &[], dir.path())?;
         let stdin = child.stdin.take();
-        let line = match recv(&lines, options.timeout, "ready") {
-            Ok(l) => l,
-            Err(e) => {
+        let first = recv(&lines, options.timeout, "marker");
+        let second = match &first {
+            Ok(m) if m.starts_with("marker ") => recv(&lines, options.timeout, "ready"),
+            Ok(m) => Ok(m.clone()),
+            Err(e) => Err(e.clone()),
+        };
+        let (marker, line) = match (first, second) {
+            (Ok(m), Ok(l)) => (m, l),
+            (Err(e), _) | (_, Err(e)) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(e);
             }
         };
-        let Some((ready, marker)) = parse_ready(&line) else {
+        let Some((ready, marker)) = parse_ready(&marker, &line) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(ProbeError::Broken(format!(
@@ -337,7 +340,10 @@ impl Holder {
     ///
     /// # Errors
     /// [`ProbeError::Broken`] on a timeout.
-    pub fn expect_death(&mut self, command: &str) -> Result<Result<Option<i32>, String>, ProbeError> {
+    pub fn expect_death(
+        &mut self,
+        command: &str,
+    ) -> Result<Result<Option<i32>, String>, ProbeError> {
         self.send(command)?;
         match self.lines.recv_timeout(self.timeout) {
             Ok(line) => Ok(Err(line)),
@@ -425,11 +431,13 @@ pub fn run_fill(
         match recv(&lines, options.timeout, "done") {
             Ok(line) if line == "done" => break,
             Ok(line) => {
+                // An error before the first secret ("error <message>", no index) means the
+                // holder could not even set up the limit.
                 let starting_error = line.starts_with("error ")
-                    && !line
+                    && line
                         .split_whitespace()
                         .nth(1)
-                        .is_some_and(|w| w.parse::<usize>().is_ok());
+                        .is_none_or(|w| w.parse::<usize>().is_err());
                 out.push(line);
                 if starting_error {
                     break;

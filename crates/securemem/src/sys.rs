@@ -72,6 +72,8 @@ type Resource = libc::__rlimit_resource_t;
 #[cfg(not(target_env = "gnu"))]
 type Resource = libc::c_int;
 
+// `rlim_t` is 32 bits wide on some 32-bit targets, so the cast is not always a no-op.
+#[allow(clippy::unnecessary_cast)]
 fn limit_value(v: libc::rlim_t) -> Option<u64> {
     (v != libc::RLIM_INFINITY).then_some(v as u64)
 }

@@ -119,7 +119,10 @@ pub fn kernel_core_dump(options: &HolderOptions, inside: bool) -> Result<Finding
                 holder.dir().display()
             ))
         })?;
-    finding.saw(format!("holder killed by SIGABRT {}, core dumped", state(inside)));
+    finding.saw(format!(
+        "holder killed by SIGABRT {}, core dumped",
+        state(inside)
+    ));
     read_dump(&dump, &holder, &mut finding)?;
     Ok(finding)
 }
@@ -140,7 +143,11 @@ pub fn gcore_path() -> Result<PathBuf, String> {
 pub fn gcore(options: &HolderOptions, inside: bool) -> Result<Finding, ProbeError> {
     let gcore = gcore_path().map_err(ProbeError::Skipped)?;
     let mut holder = Holder::spawn(options)?;
-    let mut finding = Finding::new("P2", format!("gcore, {}", state(inside)), Some(&holder.ready));
+    let mut finding = Finding::new(
+        "P2",
+        format!("gcore, {}", state(inside)),
+        Some(&holder.ready),
+    );
     if inside {
         holder.enter()?;
     }

@@ -47,7 +47,12 @@ fn expect_fault(
 /// # Errors
 /// [`ProbeError::Broken`] when the holder misbehaves.
 pub fn touch_idle(options: &HolderOptions) -> Result<Finding, ProbeError> {
-    expect_fault(options, "P3", "touch", "read the raw address outside an access")
+    expect_fault(
+        options,
+        "P3",
+        "touch",
+        "read the raw address outside an access",
+    )
 }
 
 /// P7: writes one byte past the end of the secret inside a write access; it must fault.
@@ -98,7 +103,9 @@ pub fn fork(options: &HolderOptions) -> Result<Finding, ProbeError> {
             .map(str::to_string)
     };
     let (Some(api), Some(raw)) = (field("api"), field("raw")) else {
-        return Err(ProbeError::Broken(format!("unexpected child report {child:?}")));
+        return Err(ProbeError::Broken(format!(
+            "unexpected child report {child:?}"
+        )));
     };
     let marker = hex(&holder.marker);
     match api.as_str() {

@@ -66,9 +66,8 @@ impl Read {
 
 /// Reads `len` bytes at `addr` of process `pid` through `/proc/PID/mem`.
 pub fn proc_mem_read(pid: i32, addr: usize, len: usize) -> Result<Read, ProbeError> {
-    let file = File::open(format!("/proc/{pid}/mem")).map_err(|e| {
-        ProbeError::Skipped(format!("cannot open /proc/{pid}/mem: {e}"))
-    })?;
+    let file = File::open(format!("/proc/{pid}/mem"))
+        .map_err(|e| ProbeError::Skipped(format!("cannot open /proc/{pid}/mem: {e}")))?;
     let mut buf = vec![0u8; len];
     match file.read_exact_at(&mut buf, addr as u64) {
         Ok(()) => Ok(Read::Bytes(buf)),
@@ -118,7 +117,11 @@ impl Scan {
             .refused
             .iter()
             .map(|(m, e)| {
-                let name = if m.name.is_empty() { "anonymous" } else { &m.name };
+                let name = if m.name.is_empty() {
+                    "anonymous"
+                } else {
+                    &m.name
+                };
                 format!("{:#x} {name}: {}", m.start, errno_name(*e))
             })
             .collect();
@@ -166,7 +169,11 @@ pub fn scan_process(pid: i32, marker: &[u8]) -> Result<Scan, ProbeError> {
                     read_any = true;
                     scan.bytes_read += n;
                     if let Some(hit) = marker_hits(&buf[..n], marker) {
-                        let name = if m.name.is_empty() { "anonymous" } else { &m.name };
+                        let name = if m.name.is_empty() {
+                            "anonymous"
+                        } else {
+                            &m.name
+                        };
                         scan.hits.push(format!(
                             "in mapping {:#x}-{:#x} {} {name} at {:#x}: {hit}",
                             m.start, m.end, m.perms, at
@@ -232,4 +239,3 @@ pub fn kernel_read(options: &HolderOptions, inside: bool) -> Result<Finding, Pro
     holder.call("exit", "bye")?;
     Ok(finding)
 }
-

@@ -55,8 +55,8 @@ pub fn limit(options: &HolderOptions, mlock: MlockArg) -> Result<Finding, ProbeE
         MlockArg::Required => match error {
             Some(e) => {
                 let message = e.splitn(3, ' ').nth(2).unwrap_or("");
-                let names_limit = message.contains("RLIMIT_MEMLOCK")
-                    && message.contains(&limit.to_string());
+                let names_limit =
+                    message.contains("RLIMIT_MEMLOCK") && message.contains(&limit.to_string());
                 if names_limit && created.len() == fits && unlocked == 0 {
                     finding.saw(format!("secret {} refused: {message}", created.len() + 1));
                 } else if !names_limit {

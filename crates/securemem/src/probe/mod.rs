@@ -105,9 +105,10 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     let (&first, _) = needle.split_first()?;
     let mut start = 0;
     while start + needle.len() <= haystack.len() {
-        let at = start + haystack[start..=haystack.len() - needle.len()]
-            .iter()
-            .position(|&b| b == first)?;
+        let at = start
+            + haystack[start..=haystack.len() - needle.len()]
+                .iter()
+                .position(|&b| b == first)?;
         if &haystack[at..at + needle.len()] == needle {
             return Some(at);
         }
@@ -151,4 +152,3 @@ pub fn errno_name(code: i32) -> String {
     };
     name.to_string()
 }
-

@@ -38,7 +38,9 @@ pub fn smaps(pid: i32) -> std::io::Result<Vec<SmapsEntry>> {
     for line in text.lines() {
         if let Some((key, value)) = line.split_once(':') {
             if !key.contains(' ') && !key.contains('-') {
-                let Some(entry) = entries.last_mut() else { continue };
+                let Some(entry) = entries.last_mut() else {
+                    continue;
+                };
                 let kb = || {
                     value
                         .split_whitespace()
@@ -67,7 +69,10 @@ pub fn smaps(pid: i32) -> std::io::Result<Vec<SmapsEntry>> {
 }
 
 /// Finds the smaps entry of the mapping that contains `addr`, and its neighbours.
-fn around(entries: &[SmapsEntry], addr: usize) -> Option<(Option<&SmapsEntry>, &SmapsEntry, Option<&SmapsEntry>)> {
+fn around(
+    entries: &[SmapsEntry],
+    addr: usize,
+) -> Option<(Option<&SmapsEntry>, &SmapsEntry, Option<&SmapsEntry>)> {
     let i = entries.iter().position(|e| {
         e.mapping
             .as_ref()
@@ -96,11 +101,18 @@ fn is_guard(neighbour: Option<&SmapsEntry>, adjacent: impl Fn(&Mapping) -> bool)
 pub fn locked(options: &HolderOptions) -> Result<Finding, ProbeError> {
     let mut holder = Holder::spawn(options)?;
     let ready = holder.ready.clone();
-    let mut finding = Finding::new("P1", "/proc/PID/smaps of the secret's mapping", Some(&ready));
+    let mut finding = Finding::new(
+        "P1",
+        "/proc/PID/smaps of the secret's mapping",
+        Some(&ready),
+    );
     let entries = smaps(holder.pid())
         .map_err(|e| ProbeError::Broken(format!("reading /proc/{}/smaps: {e}", holder.pid())))?;
     let (before, entry, after) = around(&entries, ready.addr).ok_or_else(|| {
-        ProbeError::Broken(format!("no mapping contains the secret's address {:#x}", ready.addr))
+        ProbeError::Broken(format!(
+            "no mapping contains the secret's address {:#x}",
+            ready.addr
+        ))
     })?;
     let m = entry.mapping.clone().unwrap_or(Mapping {
         start: 0,
@@ -108,7 +120,11 @@ pub fn locked(options: &HolderOptions) -> Result<Finding, ProbeError> {
         perms: String::new(),
         name: String::new(),
     });
-    let name = if m.name.is_empty() { "anonymous" } else { &m.name };
+    let name = if m.name.is_empty() {
+        "anonymous"
+    } else {
+        &m.name
+    };
     let summary = format!(
         "mapping {:#x}-{:#x} {} {name}: Size {} kB, Rss {} kB, Locked {} kB, VmFlags {}",
         m.start,

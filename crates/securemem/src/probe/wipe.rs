@@ -30,7 +30,12 @@ struct SyscallInfo {
     rest: [u64; 2],
 }
 
-fn ptrace(request: libc::c_uint, pid: i32, addr: usize, data: usize) -> std::io::Result<libc::c_long> {
+fn ptrace(
+    request: libc::c_uint,
+    pid: i32,
+    addr: usize,
+    data: usize,
+) -> std::io::Result<libc::c_long> {
     // SAFETY: every request used here takes integer addr/data, or (GET_SYSCALL_INFO) a pointer
     // to a buffer of `addr` bytes that the caller passes in `data`.
     let rc = unsafe { libc::ptrace(request, pid, addr, data) };
@@ -80,7 +85,13 @@ fn read_at_munmap(
     start: impl FnOnce() -> Result<(), ProbeError>,
 ) -> Result<Read, ProbeError> {
     let deadline = Instant::now() + timeout;
-    ptrace(libc::PTRACE_SEIZE, pid, 0, libc::PTRACE_O_TRACESYSGOOD as usize).map_err(|e| {
+    ptrace(
+        libc::PTRACE_SEIZE,
+        pid,
+        0,
+        libc::PTRACE_O_TRACESYSGOOD as usize,
+    )
+    .map_err(|e| {
         ProbeError::Skipped(format!(
             "ptrace(PTRACE_SEIZE) refused ({e}): kernel.yama.ptrace_scope or missing CAP_SYS_PTRACE"
         ))
@@ -143,9 +154,13 @@ pub fn close_wipes(options: &HolderOptions) -> Result<Finding, ProbeError> {
     );
     let before = scan_process(pid, &marker)?;
     if before.hits.is_empty() {
-        finding.saw("before close the marker is unreadable from outside (scan control: nothing to find)");
+        finding.saw(
+            "before close the marker is unreadable from outside (scan control: nothing to find)",
+        );
     } else {
-        finding.saw("before close the marker is readable from outside (scan control: the scan finds it)");
+        finding.saw(
+            "before close the marker is readable from outside (scan control: the scan finds it)",
+        );
     }
     let timeout = options.timeout;
     let at_munmap = read_at_munmap(pid, addr, len, timeout, || holder.send("close"))?;
@@ -173,7 +188,10 @@ pub fn close_wipes(options: &HolderOptions) -> Result<Finding, ProbeError> {
     if after.hits.is_empty() {
         finding.saw("after close the marker is absent from every readable byte of the process");
     } else {
-        finding.broke(format!("after close the marker is still in the process {}", after.hits.join("; ")));
+        finding.broke(format!(
+            "after close the marker is still in the process {}",
+            after.hits.join("; ")
+        ));
     }
     holder.call("exit", "bye")?;
     Ok(finding)

@@ -169,7 +169,7 @@ pub fn run(exe: PathBuf, backing: BackingArg) -> Report {
                 .filter(|(p, _)| *p == id)
                 .map(|(_, r)| r.clone())
                 .collect();
-            judge(id, promise, probes, &machine)
+            judge(id, promise, probes, &machine, backing)
         })
         .collect();
     let ok = promises.iter().all(|p| p.status != Status::Fail);
@@ -187,6 +187,7 @@ fn judge(
     promise: &'static str,
     probes: Vec<ProbeResult>,
     m: &Machine,
+    requested: BackingArg,
 ) -> PromiseRow {
     let mut evidence = Vec::new();
     let mut broken = false;
@@ -225,8 +226,13 @@ fn judge(
     // one this configuration does not have, in which case the promise is unavailable here.
     let unavailable_reason = match id {
         "P6" if anonymous => Some(match &m.memfd_secret {
-            Ok(()) => "the secret is in anonymous memory (Backing::Anonymous was chosen): root \
-                       reads it through /proc/PID/mem, which ignores PROT_NONE"
+            Ok(()) if requested == BackingArg::Anonymous => "the secret is in anonymous memory \
+                (Backing::Anonymous was chosen): root reads it through /proc/PID/mem, which \
+                ignores PROT_NONE"
+                .to_string(),
+            Ok(()) => "memfd_secret works, but secret memory is charged to RLIMIT_MEMLOCK and \
+                the limit is reached, so Backing::Auto fell back to anonymous memory, which root \
+                reads through /proc/PID/mem"
                 .to_string(),
             Err(e) => format!(
                 "memfd_secret is unavailable ({e}), so secrets fall back to anonymous memory, \
@@ -248,6 +254,14 @@ fn judge(
             "P1" if reported_unlocked => {
                 "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd `LimitMEMLOCK=`, \
                 `docker run --ulimit memlock=`) or grant CAP_IPC_LOCK"
+                    .into()
+            }
+            "P6" if unavailable_reason.is_some()
+                && m.memfd_secret.is_ok()
+                && requested != BackingArg::Anonymous =>
+            {
+                "raise RLIMIT_MEMLOCK (`ulimit -l`, \
+                systemd `LimitMEMLOCK=`) or grant CAP_IPC_LOCK, so secret memory can be had"
                     .into()
             }
             "P6" if unavailable_reason.is_some() => "use Backing::Auto on Linux 5.14+ with \

@@ -12,11 +12,13 @@ pub struct Machine {
     pub arch: String,
     /// Page size in bytes.
     pub page_size: usize,
-    /// `memfd_secret(2)` works here (`None`), or the error it gave.
+    /// `memfd_secret(2)` works here, or the error it gave.
+    #[serde(serialize_with = "availability")]
     pub memfd_secret: Result<(), String>,
     /// The CPU advertises protection keys (`pku` and `ospke` in /proc/cpuinfo).
     pub pkeys_cpu: bool,
     /// `pkey_alloc(2)` works here, or the error it gave.
+    #[serde(serialize_with = "availability")]
     pub pkey_alloc: Result<(), String>,
     /// Soft `RLIMIT_MEMLOCK` in bytes (`None`: unlimited).
     pub memlock_soft: Option<u64>,
@@ -43,9 +45,26 @@ pub struct Machine {
     /// `SwapTotal` in kB.
     pub swap_total_kb: u64,
     /// Where `gcore` is (needed by the gcore probe), or why not.
+    #[serde(serialize_with = "found")]
     pub gcore: Result<String, String>,
     /// The effective user id.
     pub euid: u32,
+}
+
+/// `"available"`, or `"unavailable: <why>"`.
+fn availability<S: serde::Serializer>(r: &Result<(), String>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Ok(()) => s.serialize_str("available"),
+        Err(e) => s.serialize_str(&format!("unavailable: {e}")),
+    }
+}
+
+/// The path, or `"missing: <why>"`.
+fn found<S: serde::Serializer>(r: &Result<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Ok(path) => s.serialize_str(path),
+        Err(e) => s.serialize_str(&format!("missing: {e}")),
+    }
 }
 
 fn read_trim(path: &str) -> Option<String> {

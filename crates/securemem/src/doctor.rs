@@ -28,7 +28,10 @@ pub enum Status {
 pub struct ProbeResult {
     /// What the probe did.
     pub probe: String,
-    /// The finding, when the probe ran.
+    /// Whether the promise held against this probe; `None` when it did not run.
+    pub holds: Option<bool>,
+    /// The finding, when the probe ran (its evidence is in the row's).
+    #[serde(skip)]
     pub finding: Option<Finding>,
     /// Why the probe did not run or did not finish.
     pub error: Option<ProbeError>,
@@ -154,6 +157,7 @@ pub fn run(exe: PathBuf, backing: BackingArg) -> Report {
                     id,
                     ProbeResult {
                         probe: name.to_string(),
+                        holds: finding.as_ref().map(|f| f.holds),
                         finding,
                         error,
                     },

@@ -207,18 +207,24 @@ impl ProtectedMemorySecretFactory {
                 (r, o, Memory::Anonymous)
             }
         };
+        let secretmem = memory == Memory::SecretMem;
         if !obtained.locked
             && locking == Locking::BestEffort
             && !self.warned_unlocked.swap(true, Ordering::Relaxed)
         {
+            let lost_secretmem = if self.backing == Backing::Auto && sys::secretmem_available() {
+                " and, past the limit, no longer hidden from the kernel (memfd_secret memory is \
+                 charged to the same limit)"
+            } else {
+                ""
+            };
             log::warn!(
-                "secret memory is not locked in RAM and may be swapped: the locked-memory limit \
-                 RLIMIT_MEMLOCK ({}) is reached; raise it with `ulimit -l` or systemd \
-                 `LimitMEMLOCK=` (further warnings from this factory are suppressed)",
+                "secrets are not locked in RAM and may be swapped{lost_secretmem}: the \
+                 locked-memory limit RLIMIT_MEMLOCK ({}) is reached; raise it with `ulimit -l` or \
+                 systemd `LimitMEMLOCK=` (further warnings from this factory are suppressed)",
                 sys::memlock_limit().map_or("unlimited".to_string(), |b| format!("{b} bytes"))
             );
         }
-        let secretmem = memory == Memory::SecretMem;
         let protection = Protection {
             backing: if secretmem {
                 Backing::SecretMem

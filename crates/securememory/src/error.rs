@@ -68,6 +68,15 @@ pub enum Error {
     #[error("the secret belongs to the parent process: a forked child cannot access it")]
     Forked,
 
+    /// The canary right before the secret was overwritten: something wrote out of bounds
+    /// (below the secret's first byte) while its memory was writable.
+    #[error(
+        "the memory right before the secret was overwritten (an out-of-bounds write during \
+         with_bytes_mut, or memory corruption elsewhere in the process); treat the secret's \
+         bytes as corrupted"
+    )]
+    Corrupted,
+
     /// An operating-system call failed.
     #[error("{operation} failed: {source}")]
     Os {

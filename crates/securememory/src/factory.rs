@@ -235,6 +235,7 @@ impl ProtectedMemorySecretFactory {
             dump_excluded: obtained.dump_excluded,
             fork_protected: obtained.fork_protected,
             guard_pages: self.guard_pages,
+            canary: obtained.canary,
             kernel_invisible: secretmem,
         };
         Ok((region, protection))

@@ -6,6 +6,10 @@
 //! they cost no secret-memory quota because only the data pages are mapped from the
 //! `memfd_secret` descriptor.
 //!
+//! The trailing guard catches overflows at once; an underflow that stays inside the first data
+//! page is caught by a canary: up to [`CANARY_LEN`] bytes of a per-process random pattern right
+//! before the secret, checked after every write access and on release.
+//!
 //! The region hands out raw pointers only; turning them into slices is the caller's job, inside
 //! an access window. Dropping a region wipes its bytes, unlocks and unmaps it.
 
@@ -15,6 +19,23 @@ use crate::sys::{self, PageProtection};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// The most bytes of canary placed before a secret (fewer when the data pages leave less room;
+/// none when the secret fills them, since the leading guard page then sits right before it).
+pub(crate) const CANARY_LEN: usize = 16;
+
+fn canary_pattern() -> &'static [u8; CANARY_LEN] {
+    static PATTERN: OnceLock<[u8; CANARY_LEN]> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        let mut pattern = [0xa5; CANARY_LEN];
+        // A fixed pattern still catches accidental writes, which is what the canary is for.
+        if getrandom::fill(&mut pattern).is_err() {
+            pattern = [0xa5; CANARY_LEN];
+        }
+        pattern
+    })
+}
 
 /// Where a region's data pages come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +61,7 @@ pub(crate) struct Obtained {
     pub(crate) locked: bool,
     pub(crate) dump_excluded: bool,
     pub(crate) fork_protected: bool,
+    pub(crate) canary: bool,
 }
 
 pub(crate) struct Region {
@@ -182,10 +204,12 @@ impl Region {
         // SAFETY: committed pages of our reservation.
         let fork_protected = unsafe { sys::exclude_from_fork(data, data_len, secretmem) }
             .map_err(|e| Error::os("madvise(fork)", e))?;
+        self.write_canary();
         Ok(Obtained {
             locked: self.locked,
             dump_excluded,
             fork_protected,
+            canary: self.canary_len() > 0,
         })
     }
 
@@ -198,6 +222,34 @@ impl Region {
     /// The secret's length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    fn canary_len(&self) -> usize {
+        (self.data_len - self.len).min(CANARY_LEN)
+    }
+
+    fn canary(&self) -> NonNull<u8> {
+        // SAFETY: canary_len <= data_len - len, so the canary stays inside the data pages.
+        unsafe { self.bytes().sub(self.canary_len()) }
+    }
+
+    /// Writes the canary. The pages must be writable and no access in flight.
+    fn write_canary(&self) {
+        let len = self.canary_len();
+        // SAFETY: the canary lies in the data pages, which are writable here (just committed),
+        // and nothing else refers to those bytes.
+        let canary = unsafe { std::slice::from_raw_parts_mut(self.canary().as_ptr(), len) };
+        canary.copy_from_slice(&canary_pattern()[..len]);
+    }
+
+    /// Whether the canary before the secret is intact. The pages must be readable (inside an
+    /// access, or during release).
+    pub(crate) fn canary_intact(&self) -> bool {
+        let len = self.canary_len();
+        // SAFETY: the canary lies in the data pages, readable per the caller; no one writes the
+        // canary bytes through a reference (only a stray out-of-bounds write could).
+        let canary = unsafe { std::slice::from_raw_parts(self.canary().as_ptr(), len) };
+        canary == &canary_pattern()[..len]
     }
 
     /// Whether this process is a fork of the one that made the region.
@@ -224,6 +276,9 @@ impl Region {
         // A forked child holds zeros (MADV_WIPEONFORK) or nothing at all (MADV_DONTFORK) here.
         if !self.in_forked_child() {
             self.set_protection(PageProtection::ReadWrite)?;
+            if !self.canary_intact() {
+                first_error = Some(Error::Corrupted);
+            }
             // SAFETY: the pages are writable, and no access is in flight (the caller holds the
             // access protocol closed), so this is the only reference to the bytes.
             let bytes = unsafe { std::slice::from_raw_parts_mut(self.bytes().as_ptr(), self.len) };

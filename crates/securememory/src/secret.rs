@@ -27,6 +27,9 @@ pub struct Protection {
     pub fork_protected: bool,
     /// An inaccessible guard page sits on each side of the data.
     pub guard_pages: bool,
+    /// A canary sits right before the bytes (where the page leaves room for one) and is checked
+    /// after every write access and on close, catching underflows that stay inside the page.
+    pub canary: bool,
     /// The pages are removed from the kernel's direct map: unreadable through `/proc/PID/mem`,
     /// `process_vm_readv` and ptrace, even by root (`memfd_secret(2)`).
     pub kernel_invisible: bool,
@@ -163,7 +166,8 @@ impl Secret {
     ///
     /// # Errors
     /// As [`with_bytes`](Secret::with_bytes); also [`Error::Reentrant`] when called inside any
-    /// access to the same secret on the same thread.
+    /// access to the same secret on the same thread, and [`Error::Corrupted`] when the canary
+    /// before the secret was overwritten during the call.
     ///
     /// ```
     /// use securememory::{ProtectedMemorySecretFactory, SecretFactory};
@@ -193,7 +197,11 @@ impl Secret {
             unsafe { std::slice::from_raw_parts_mut(self.region.bytes().as_ptr(), self.len()) };
         let result = action(bytes);
         drop(entered);
+        let canary_intact = self.region.canary_intact();
         held.release()?;
+        if !canary_intact {
+            return Err(Error::Corrupted);
+        }
         Ok(result)
     }
 
@@ -246,7 +254,9 @@ impl Secret {
     ///
     /// # Errors
     /// [`Error::Reentrant`] when called from inside an access to this secret on the same thread
-    /// (the secret stays open); [`Error::Os`] when wiping or unmapping failed.
+    /// (the secret stays open); [`Error::Os`] when wiping or unmapping failed;
+    /// [`Error::Corrupted`] when the canary before the secret was found overwritten (the secret
+    /// is wiped and unmapped all the same).
     pub fn close(&self) -> Result<(), Error> {
         if held_by_this_thread(&self.access).is_some() {
             return Err(Error::Reentrant { operation: "close" });

@@ -381,3 +381,34 @@ fn secretmem_backing_is_used_where_the_kernel_offers_it() {
         Err(other) => panic!("secret memory refused: {other}"),
     }
 }
+
+#[test]
+fn underflow_inside_the_page_is_caught_by_the_canary() {
+    for (name, factory) in factories() {
+        let secret = factory.new(&mut [4; 32]).unwrap();
+        assert!(secret.protection().canary, "{name}");
+        let result = secret.with_bytes_mut(|bytes| {
+            // A buggy write one byte below the slice, as unsafe code elsewhere might make.
+            let below: *mut u8 = std::ptr::with_exposed_provenance_mut(bytes.as_ptr() as usize - 1);
+            // SAFETY: (test) the byte below the secret is in the same writable data page.
+            unsafe { below.write_volatile(!below.read_volatile()) };
+        });
+        assert!(
+            matches!(result, Err(Error::Corrupted)),
+            "{name}: {result:?}"
+        );
+        assert!(matches!(secret.close(), Err(Error::Corrupted)), "{name}");
+        assert!(secret.is_closed());
+        assert!(matches!(secret.with_bytes(|_| ()), Err(Error::Closed)));
+    }
+}
+
+#[test]
+fn a_secret_that_fills_its_pages_needs_no_canary() {
+    let secret = ProtectedMemorySecretFactory::default()
+        .create_random(4096)
+        .unwrap();
+    assert!(!secret.protection().canary);
+    secret.with_bytes_mut(|b| b[0] = 1).unwrap();
+    secret.close().unwrap();
+}

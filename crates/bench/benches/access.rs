@@ -13,11 +13,11 @@ mod linux {
     use criterion::{criterion_group, BenchmarkGroup};
     use criterion::{measurement::WallTime, Criterion};
     use securememory::{Secret, SecretFactory};
+    use securememory_bench::peers::{self, Memsec};
     use securememory_bench::raw::RawSecret;
     use securememory_bench::threads::{aggregate, BusySibling};
     use securememory_bench::{touch, SIZES};
     use std::hint::black_box;
-    use std::ptr::NonNull;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
@@ -31,43 +31,6 @@ mod linux {
         let elapsed = start.elapsed();
         drop(busy);
         elapsed
-    }
-
-    /// A `memsec::malloc_sized` allocation kept `PROT_NONE` between accesses.
-    struct Memsec(NonNull<[u8]>);
-
-    impl Memsec {
-        fn new(bytes: &[u8]) -> Memsec {
-            // SAFETY: memsec returns a fresh read-write allocation of the requested size.
-            unsafe {
-                let mut ptr = memsec::malloc_sized(bytes.len()).expect("memsec::malloc_sized");
-                ptr.as_mut().copy_from_slice(bytes);
-                memsec::mprotect(ptr, memsec::Prot::NoAccess);
-                Memsec(ptr)
-            }
-        }
-
-        #[inline]
-        fn access(&self) -> u8 {
-            // SAFETY: the allocation is live; it is readable between the two mprotect calls.
-            unsafe {
-                memsec::mprotect(self.0, memsec::Prot::ReadOnly);
-                let result = touch(self.0.as_ref());
-                memsec::mprotect(self.0, memsec::Prot::NoAccess);
-                result
-            }
-        }
-    }
-
-    impl Drop for Memsec {
-        fn drop(&mut self) {
-            // SAFETY: allocated by memsec::malloc_sized and freed once; memsec checks its canary
-            // before unprotecting, so the caller makes the memory accessible first.
-            unsafe {
-                memsec::mprotect(self.0, memsec::Prot::ReadWrite);
-                memsec::free(self.0);
-            }
-        }
     }
 
     fn one_thread(group: &mut BenchmarkGroup<'_, WallTime>, len: usize, sibling: bool) {
@@ -92,16 +55,16 @@ mod linux {
             });
             secret.close().expect("closing a secret");
         }
-        let sodium = secrets::SecretVec::<u8>::new(len, |s| s.copy_from_slice(&bytes));
+        let sodium = peers::sodium(&bytes);
         group.bench_function("secrets-crate", |b| {
             b.iter_custom(|iters| {
                 timed(iters, sibling, || {
-                    black_box(touch(&sodium.borrow()));
+                    black_box(peers::sodium_access(&sodium));
                 })
             })
         });
         drop(sodium);
-        let memsec = Memsec::new(&bytes);
+        let memsec = Memsec::new(&bytes, false);
         group.bench_function("memsec-anonymous", |b| {
             b.iter_custom(|iters| {
                 timed(iters, sibling, || {

@@ -13,6 +13,7 @@ mod linux {
     use super::common;
     use criterion::{criterion_group, Criterion};
     use securememory::SecretFactory;
+    use securememory_bench::peers::{self, Memsec};
     use securememory_bench::raw::{self, RawSecret};
     use std::hint::black_box;
 
@@ -41,36 +42,17 @@ mod linux {
         }
         group.bench_function("secrets-crate", |b| {
             b.iter(|| {
-                let secret = secrets::SecretVec::<u8>::new(LEN, |s| s.copy_from_slice(&source));
+                let secret = peers::sodium(&source);
                 drop(black_box(secret));
             })
         });
-        group.bench_function("memsec-anonymous", |b| {
-            b.iter(|| {
-                // SAFETY: a fresh read-write allocation, filled, protected, then freed once.
-                unsafe {
-                    let mut ptr = memsec::malloc_sized(LEN).expect("memsec::malloc_sized");
-                    ptr.as_mut().copy_from_slice(&source);
-                    memsec::mprotect(ptr, memsec::Prot::NoAccess);
-                    // memsec checks its canary before unprotecting: the caller unprotects first.
-                    memsec::mprotect(ptr, memsec::Prot::ReadWrite);
-                    memsec::free(black_box(ptr));
-                }
-            })
-        });
+        let mut memsec = vec![("memsec-anonymous", false)];
         if raw::secretmem_available() {
-            group.bench_function("memsec-secretmem", |b| {
-                b.iter(|| {
-                    // SAFETY: as above, with memfd_secret memory and its own free.
-                    unsafe {
-                        let mut ptr =
-                            memsec::memfd_secret_sized(LEN).expect("memsec::memfd_secret_sized");
-                        ptr.as_mut().copy_from_slice(&source);
-                        memsec::mprotect(ptr, memsec::Prot::NoAccess);
-                        memsec::mprotect(ptr, memsec::Prot::ReadWrite);
-                        memsec::free_memfd_secret(black_box(ptr));
-                    }
-                })
+            memsec.push(("memsec-secretmem", true));
+        }
+        for (name, secretmem) in memsec {
+            group.bench_function(name, |b| {
+                b.iter(|| drop(black_box(Memsec::new(&source, secretmem))))
             });
         }
         group.finish();

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Operations: `new-close`, `create_random-close`, `raw-new-close`, `raw-random-close`,
-//! `access`, `raw-access`, and `overlapping-reads` (one thread holds a read open while the main
+//! `access`, `raw-access`, `two-readers` (two threads each making N reads of one secret),
+//! and `overlapping-reads` (one thread holds a read open while the main
 //! thread makes N reads; compare its `mprotect` count with N = 0).
 
 #[cfg(target_os = "linux")]
@@ -42,18 +43,28 @@ fn main() {
         }
         "create_random-close" => {
             for _ in 0..n {
-                factory.create_random(32).expect("create_random").close().expect("close");
+                factory
+                    .create_random(32)
+                    .expect("create_random")
+                    .close()
+                    .expect("close");
             }
         }
         "raw-new-close" => {
             for _ in 0..n {
                 buf.copy_from_slice(&source);
-                RawSecret::new(&mut buf, raw_backing).expect("new").close().expect("close");
+                RawSecret::new(&mut buf, raw_backing)
+                    .expect("new")
+                    .close()
+                    .expect("close");
             }
         }
         "raw-random-close" => {
             for _ in 0..n {
-                RawSecret::random(32, raw_backing).expect("random").close().expect("close");
+                RawSecret::random(32, raw_backing)
+                    .expect("random")
+                    .close()
+                    .expect("close");
             }
         }
         "access" => {
@@ -89,6 +100,18 @@ fn main() {
                     black_box(secret.with_bytes(touch).expect("with_bytes"));
                 }
                 done.store(true, Ordering::SeqCst);
+            });
+        }
+        "two-readers" => {
+            let secret = factory.new(&mut buf).expect("new");
+            std::thread::scope(|scope| {
+                for _ in 0..2 {
+                    scope.spawn(|| {
+                        for _ in 0..n {
+                            black_box(secret.with_bytes(touch).expect("with_bytes"));
+                        }
+                    });
+                }
             });
         }
         other => panic!("unknown operation {other}; {usage}"),

@@ -9,10 +9,16 @@
 //! - [`threads`]: a sibling thread that spins on another CPU while a measurement runs (the
 //!   condition under which every `mprotect` downgrade costs a TLB shootdown), and an aggregate
 //!   timer for several threads working at once;
+//! - [`peers`]: the `secrets` and `memsec` crates, driven as their users drive them;
+//! - [`paired`]: interleaved candidate-against-baseline measurement, for ratios that survive a
+//!   noisy machine;
 //! - [`touch`]: the read every benchmark makes of the secret's bytes.
 //!
 //! Everything here is Linux-only; on other systems the crate is empty.
 
+pub mod paired;
+#[cfg(target_os = "linux")]
+pub mod peers;
 #[cfg(target_os = "linux")]
 pub mod raw;
 #[cfg(target_os = "linux")]

@@ -1,7 +1,7 @@
 //! Unix other than Linux: macOS (and the other Apple OSes), FreeBSD, DragonFly, OpenBSD, NetBSD,
-//! and a portable fallback for the rest (illumos, Solaris, Haiku, AIX, ...).
+//! Android, and a fallback without dump or fork protection for any other Unix.
 //!
-//! Everything but two operations is plain POSIX from [`unix`](super::unix). The two:
+//! Everything but two operations is plain POSIX from [`unix`]. The two:
 //!
 //! | OS | out of core dumps | out of a forked child |
 //! |---|---|---|

@@ -40,8 +40,7 @@ fn check(ret: windows_sys::core::BOOL) -> io::Result<()> {
 /// # References
 /// - [Microsoft](https://learn.microsoft.com/en-us/windows/win32/api/sysinfoapi/nf-sysinfoapi-getsysteminfo)
 pub(super) fn page_size() -> usize {
-    // SAFETY: SYSTEM_INFO is plain old data; all-zero is a valid value.
-    let mut info: SYSTEM_INFO = unsafe { std::mem::zeroed() };
+    let mut info = SYSTEM_INFO::default();
     // SAFETY: `info` is a valid out-pointer; GetSystemInfo cannot fail.
     unsafe { GetSystemInfo(&mut info) };
     usize::try_from(info.dwPageSize)

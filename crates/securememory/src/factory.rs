@@ -282,14 +282,14 @@ impl SecretFactory for ProtectedMemorySecretFactory {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 /// Every OS step of making a secret made to fail in turn: the error names the step, and nothing
 /// stays mapped or locked. Each runs in a child process so the address-space checks see no other
 /// test's mappings.
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod injected_failures {
     use super::common;
     use super::*;

@@ -15,7 +15,7 @@
 
 use crate::access::{Gate, Mode};
 use crate::error::Error;
-use crate::sys::{self, PageProtection};
+use crate::sys::{self, call, PageProtection};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,7 +121,7 @@ impl Region {
         let (data_len, guard_len) = layout(len, page, guard_pages).ok_or(Error::InvalidLength)?;
         let total_len = data_len + 2 * guard_len;
         let fork_generation = sys::fork_generation();
-        let base = sys::reserve(total_len).map_err(|e| Error::os("mmap", e))?;
+        let base = sys::reserve(total_len).map_err(|e| Error::os(call::RESERVE, e))?;
         // SAFETY: guard_len < total_len, so the data pages start inside the reservation.
         let data = unsafe { base.add(guard_len) };
         // From here on, dropping `region` unmaps the reservation (nothing is in it to wipe yet).
@@ -168,7 +168,7 @@ impl Region {
                         source,
                     }
                 } else {
-                    Error::os("memfd_secret mmap", source)
+                    Error::os(call::SECRETMEM, source)
                 }
             })?;
             // The kernel locks secret memory itself and excludes it from dumps.
@@ -176,7 +176,7 @@ impl Region {
         } else {
             // SAFETY: the data pages lie inside our reservation and hold nothing yet.
             unsafe { sys::commit_anonymous(data, data_len) }
-                .map_err(|e| Error::os("mprotect", e))?;
+                .map_err(|e| Error::os(call::COMMIT, e))?;
             if locking != Locking::Disabled {
                 // SAFETY: committed, readable and writable pages of our reservation.
                 match unsafe { sys::lock(data, data_len) } {
@@ -190,7 +190,7 @@ impl Region {
                             });
                         }
                     }
-                    Err(source) => return Err(Error::os("mlock", source)),
+                    Err(source) => return Err(Error::os(call::LOCK, source)),
                 }
             }
         }
@@ -199,11 +199,18 @@ impl Region {
         } else {
             // SAFETY: committed pages of our reservation.
             unsafe { sys::exclude_from_dump(data, data_len) }
-                .map_err(|e| Error::os("madvise(MADV_DONTDUMP)", e))?
+                .map_err(|e| Error::os(call::EXCLUDE_FROM_DUMP, e))?
         };
         // SAFETY: committed pages of our reservation.
-        let fork_protected = unsafe { sys::exclude_from_fork(data, data_len, secretmem) }
-            .map_err(|e| Error::os("madvise(fork)", e))?;
+        let fork_protected =
+            unsafe { sys::exclude_from_fork(data, data_len, secretmem) }.map_err(|e| {
+                let call = if secretmem {
+                    call::EXCLUDE_SECRETMEM_FROM_FORK
+                } else {
+                    call::EXCLUDE_ANONYMOUS_FROM_FORK
+                };
+                Error::os(call, e)
+            })?;
         self.write_canary();
         Ok(Obtained {
             locked: self.locked,
@@ -261,7 +268,7 @@ impl Region {
         // SAFETY: the data pages are committed pages of our live reservation; the access protocol
         // guarantees no slice into them outlives the access that the change ends.
         unsafe { sys::protect(self.data, self.data_len, prot) }
-            .map_err(|e| Error::os("mprotect", e))
+            .map_err(|e| Error::os(call::PROTECT, e))
     }
 
     /// Wipes the secret, unlocks and unmaps. Runs once; later calls do nothing.
@@ -286,15 +293,36 @@ impl Region {
             if self.locked && self.memory == Memory::Anonymous {
                 // SAFETY: committed pages of our reservation.
                 if let Err(e) = unsafe { sys::unlock(self.data, self.data_len) } {
-                    first_error = Some(Error::os("munlock", e));
+                    first_error = Some(Error::os(call::UNLOCK, e));
                 }
             }
         }
-        // SAFETY: exactly the reservation made in `new`; nothing uses it after this.
-        if let Err(e) = unsafe { sys::release(self.base, self.total_len) } {
-            first_error.get_or_insert(Error::os("munmap", e));
+        if let Err(e) = self.unmap() {
+            first_error.get_or_insert(Error::os(call::RELEASE, e));
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Unmaps the reservation. In a forked child whose data pages were left out of the fork,
+    /// only the guard pages are ours: the child may have mapped something else where the data
+    /// pages were, and that must survive.
+    fn unmap(&self) -> io::Result<()> {
+        let secretmem = self.memory == Memory::SecretMem;
+        if !self.in_forked_child() || sys::child_keeps_data_mapping(secretmem) {
+            // SAFETY: exactly the reservation made in `new`; nothing uses it after this.
+            return unsafe { sys::release(self.base, self.total_len) };
+        }
+        let guard_len = (self.total_len - self.data_len) / 2;
+        if guard_len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the data pages end inside the reservation.
+        let trailing = unsafe { self.data.add(self.data_len) };
+        // SAFETY: the two guard ranges of our reservation (the child inherited them); a
+        // forked child is a Unix process, where part of a mapping can be unmapped.
+        unsafe { sys::release(self.base, guard_len) }?;
+        // SAFETY: as above.
+        unsafe { sys::release(trailing, guard_len) }
     }
 }
 

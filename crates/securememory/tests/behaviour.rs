@@ -340,7 +340,9 @@ fn protection_reports_what_the_secret_got() {
     let p = secret.protection();
     assert_eq!(p.backing, Backing::Anonymous);
     assert!(!p.kernel_invisible);
-    assert!(p.guard_pages && p.locked && p.dump_excluded && p.fork_protected);
+    assert!(p.guard_pages && p.locked && p.fork_protected);
+    #[cfg(target_os = "linux")]
+    assert!(p.dump_excluded);
 
     let unguarded = ProtectedMemorySecretFactory::builder()
         .guard_pages(false)
@@ -359,6 +361,7 @@ fn protection_reports_what_the_secret_got() {
 }
 
 /// On this machine (Linux 6.18) secret memory is available, and `Auto` must pick it.
+#[cfg(target_os = "linux")]
 #[test]
 fn secretmem_backing_is_used_where_the_kernel_offers_it() {
     let probe = ProtectedMemorySecretFactory::builder()

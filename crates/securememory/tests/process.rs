@@ -1,5 +1,6 @@
 //! Rules that involve the whole process (its address space, resource limits, capabilities,
 //! fork), each checked in a child process of its own so other tests cannot interfere.
+#![cfg(target_os = "linux")]
 
 mod common;
 
@@ -204,4 +205,71 @@ fn access_in_a_forked_child_fails_closed() {
             "parent unaffected"
         );
     }
+}
+
+#[test]
+fn dropping_in_a_forked_child_spares_what_the_child_mapped_in_the_hole() {
+    const NAME: &str = "dropping_in_a_forked_child_spares_what_the_child_mapped_in_the_hole";
+    if !common::is_child(NAME) {
+        common::in_child(NAME);
+        return;
+    }
+    let secret = match ProtectedMemorySecretFactory::builder()
+        .backing(Backing::SecretMem)
+        .build()
+        .new(&mut [7; 32])
+    {
+        Err(Error::BackingUnavailable { .. }) if std::env::var_os("CI").is_none() => {
+            println!("skipped: memfd_secret unavailable");
+            return;
+        }
+        other => other.unwrap(),
+    };
+    let data_page = secret.with_bytes(|b| b.as_ptr() as usize).unwrap() & !(PAGE - 1);
+    // SAFETY: see access_in_a_forked_child_fails_closed.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // Secret memory is not mapped in the child (MADV_DONTFORK): the child may use the hole.
+        // SAFETY: MAP_FIXED_NOREPLACE maps only if the page is free in this process.
+        let own = unsafe {
+            libc::mmap(
+                data_page as *mut libc::c_void,
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        let mapped_in_hole = own as usize == data_page;
+        drop(secret);
+        let code = if !mapped_in_hole {
+            2
+        } else if !common::is_mapped(data_page) {
+            3
+        } else if common::is_mapped(data_page - PAGE) || common::is_mapped(data_page + PAGE) {
+            4
+        } else {
+            0
+        };
+        // SAFETY: leave the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child crashed: status {status}");
+    let code = libc::WEXITSTATUS(status);
+    assert_ne!(code, 2, "the data page was still mapped in the child");
+    assert_ne!(
+        code, 3,
+        "closing in the child unmapped the child's own mapping"
+    );
+    assert_ne!(code, 4, "closing in the child left its guard pages mapped");
+    assert_eq!(code, 0);
+    assert!(
+        secret.with_bytes(|b| b == [7; 32]).unwrap(),
+        "parent unaffected"
+    );
 }

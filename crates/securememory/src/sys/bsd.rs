@@ -47,6 +47,34 @@ const FORK_INHERIT: libc::c_int = libc::MAP_INHERIT_ZERO;
 #[cfg(target_vendor = "apple")]
 const FORK_INHERIT: libc::c_int = libc::VM_INHERIT_NONE;
 
+/// The calls behind each operation, for error messages.
+pub(crate) mod call {
+    pub(crate) const RESERVE: &str = "mmap(PROT_NONE)";
+    pub(crate) const COMMIT: &str = "mprotect(PROT_READ | PROT_WRITE)";
+    pub(crate) const SECRETMEM: &str = "memfd_secret";
+    pub(crate) const PROTECT: &str = "mprotect";
+    pub(crate) const LOCK: &str = "mlock";
+    pub(crate) const UNLOCK: &str = "munlock";
+    pub(crate) const RELEASE: &str = "munmap";
+    #[cfg(target_os = "android")]
+    pub(crate) const EXCLUDE_FROM_DUMP: &str = "madvise(MADV_DONTDUMP)";
+    #[cfg(not(target_os = "android"))]
+    pub(crate) const EXCLUDE_FROM_DUMP: &str = "mmap(MAP_NOCORE)";
+    #[cfg(target_os = "android")]
+    pub(crate) const EXCLUDE_ANONYMOUS_FROM_FORK: &str = "madvise(MADV_WIPEONFORK)";
+    #[cfg(not(target_os = "android"))]
+    pub(crate) const EXCLUDE_ANONYMOUS_FROM_FORK: &str = "minherit";
+    pub(crate) const EXCLUDE_SECRETMEM_FROM_FORK: &str = "minherit";
+    pub(crate) const CORE_LIMIT: &str = "setrlimit(RLIMIT_CORE)";
+}
+
+/// Whether a forked child still has the data pages mapped: yes where they are zero-filled there
+/// (or not protected at all), no where `minherit(VM_INHERIT_NONE / INHERIT_NONE)` left them out.
+pub(super) fn child_keeps_data_mapping(secretmem: bool) -> bool {
+    let _ = secretmem;
+    !cfg!(any(target_os = "dragonfly", target_vendor = "apple"))
+}
+
 /// `sysconf(_SC_PAGESIZE)`—The size of a page.
 ///
 /// # References

@@ -12,6 +12,7 @@ thread_local! {
 }
 
 /// Makes the next call of `op` on this thread fail with the OS error `errno`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // The tests that use it are Linux-only.
 pub(crate) fn fail_next(op: Op, errno: i32) {
     PLANNED.with(|planned| planned.borrow_mut().push((op, errno)));
 }
@@ -31,6 +32,7 @@ pub(crate) fn record_reservation(addr: NonNull<u8>, len: usize) {
 }
 
 /// The `(address, length)` of every reservation this thread made since the last call.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) fn take_reservations() -> Vec<(usize, usize)> {
     RESERVED.with(|reserved| std::mem::take(&mut *reserved.borrow_mut()))
 }

@@ -7,6 +7,27 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 
+/// The calls behind each operation, for error messages.
+pub(crate) mod call {
+    pub(crate) const RESERVE: &str = "mmap(PROT_NONE)";
+    pub(crate) const COMMIT: &str = "mprotect(PROT_READ | PROT_WRITE)";
+    pub(crate) const SECRETMEM: &str = "memfd_secret + mmap";
+    pub(crate) const PROTECT: &str = "mprotect";
+    pub(crate) const LOCK: &str = "mlock";
+    pub(crate) const UNLOCK: &str = "munlock";
+    pub(crate) const RELEASE: &str = "munmap";
+    pub(crate) const EXCLUDE_FROM_DUMP: &str = "madvise(MADV_DONTDUMP)";
+    pub(crate) const EXCLUDE_ANONYMOUS_FROM_FORK: &str = "madvise(MADV_WIPEONFORK)";
+    pub(crate) const EXCLUDE_SECRETMEM_FROM_FORK: &str = "madvise(MADV_DONTFORK)";
+    pub(crate) const CORE_LIMIT: &str = "setrlimit(RLIMIT_CORE)";
+}
+
+/// Whether a forked child still has the data pages mapped: zero-filled anonymous memory
+/// (`MADV_WIPEONFORK`) yes, secret memory (`MADV_DONTFORK`) no.
+pub(super) fn child_keeps_data_mapping(secretmem: bool) -> bool {
+    !secretmem
+}
+
 pub(super) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
     unix::mmap_reserve(len, 0)
 }

@@ -40,6 +40,8 @@ use windows as os;
 #[cfg(test)]
 pub(crate) mod fault;
 
+pub(crate) use os::call;
+
 /// What the data pages of a region may be used for right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PageProtection {
@@ -156,8 +158,9 @@ pub(crate) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     unsafe { os::unlock(addr, len) }
 }
 
-/// Keeps the range out of core dumps. `Ok(false)` where the OS has no per-range mechanism at
-/// this point (the BSDs set it when mapping; Windows has none).
+/// Keeps the range out of core dumps. `Ok(false)` where the OS has no per-range mechanism
+/// (macOS, NetBSD, Windows). FreeBSD, DragonFly and OpenBSD set it on the whole reservation in
+/// [`reserve`] and report `Ok(true)` here without a call.
 ///
 /// # Safety
 /// The range must be committed pages of a live reservation.
@@ -169,7 +172,8 @@ pub(crate) unsafe fn exclude_from_dump(addr: NonNull<u8>, len: usize) -> io::Res
 
 /// Keeps the bytes of the range away from forked children: zero-filled there for anonymous
 /// memory (`MADV_WIPEONFORK`, `minherit(INHERIT_ZERO)`), absent there for shared secret memory
-/// (`MADV_DONTFORK`). `Ok(false)` where the OS has nothing of the kind (Windows has no fork).
+/// (`MADV_DONTFORK`, `minherit(VM_INHERIT_NONE)`). `Ok(false)` where the OS has nothing of the
+/// kind; `Ok(true)` on Windows, which cannot fork.
 ///
 /// # Safety
 /// The range must be committed pages of a live reservation.
@@ -197,6 +201,12 @@ pub(crate) unsafe fn release(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 /// or when the OS has no such limit.
 pub(crate) fn memlock_limit() -> Option<u64> {
     os::memlock_limit()
+}
+
+/// Whether a forked child still has a region's data pages mapped (zero-filled) after
+/// [`exclude_from_fork`], as opposed to having no mapping there at all.
+pub(crate) fn child_keeps_data_mapping(secretmem: bool) -> bool {
+    os::child_keeps_data_mapping(secretmem)
 }
 
 /// Lowers the soft `RLIMIT_CORE` of the whole process to zero, leaving the hard limit alone.

@@ -32,6 +32,27 @@ fn check(ret: windows_sys::core::BOOL) -> io::Result<()> {
     }
 }
 
+/// The calls behind each operation, for error messages.
+pub(crate) mod call {
+    pub(crate) const RESERVE: &str = "VirtualAlloc(MEM_RESERVE)";
+    pub(crate) const COMMIT: &str = "VirtualAlloc(MEM_COMMIT)";
+    pub(crate) const SECRETMEM: &str = "memfd_secret";
+    pub(crate) const PROTECT: &str = "VirtualProtect";
+    pub(crate) const LOCK: &str = "VirtualLock";
+    pub(crate) const UNLOCK: &str = "VirtualUnlock";
+    pub(crate) const RELEASE: &str = "VirtualFree(MEM_RELEASE)";
+    pub(crate) const EXCLUDE_FROM_DUMP: &str = "exclude from dumps";
+    pub(crate) const EXCLUDE_ANONYMOUS_FROM_FORK: &str = "exclude from fork";
+    pub(crate) const EXCLUDE_SECRETMEM_FROM_FORK: &str = "exclude from fork";
+    pub(crate) const CORE_LIMIT: &str = "disable core dumps";
+}
+
+/// Windows has no fork; the answer is never used.
+pub(super) fn child_keeps_data_mapping(secretmem: bool) -> bool {
+    let _ = secretmem;
+    true
+}
+
 /// `GetSystemInfo(&info)`—The size of a page (`dwPageSize`).
 ///
 /// Reservations start on the coarser allocation granularity (64 KiB), but protection and

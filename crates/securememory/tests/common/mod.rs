@@ -83,6 +83,7 @@ pub fn in_child(test: &str) -> String {
     stdout
 }
 
+#[cfg(target_os = "linux")]
 /// Drops `CAP_IPC_LOCK` from this process (effective, permitted and inheritable sets), so that
 /// `RLIMIT_MEMLOCK` applies to it even when it runs as root.
 pub fn drop_ipc_lock_capability() {
@@ -121,6 +122,7 @@ pub fn drop_ipc_lock_capability() {
     assert_eq!(ret, 0, "capset: {}", std::io::Error::last_os_error());
 }
 
+#[cfg(target_os = "linux")]
 /// Sets this process's `RLIMIT_MEMLOCK` (soft and hard) to `bytes`.
 pub fn set_memlock_limit(bytes: u64) {
     let limit = libc::rlimit {
@@ -132,6 +134,7 @@ pub fn set_memlock_limit(bytes: u64) {
     assert_eq!(ret, 0, "setrlimit: {}", std::io::Error::last_os_error());
 }
 
+#[cfg(target_os = "linux")]
 /// Whether any mapping of this process covers `address` (from `/proc/self/maps`).
 pub fn is_mapped(address: usize) -> bool {
     let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");

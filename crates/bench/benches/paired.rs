@@ -114,6 +114,36 @@ fn main() {
                 },
             ));
         }
+        let name = format!("access/32B/2-threads-shared-vs-own-raw/secret-{backing}");
+        if wanted(&name) {
+            let raws: Vec<std::sync::Mutex<RawSecret>> = (0..2)
+                .map(|_| {
+                    let raw = RawSecret::new(&mut source.clone(), raw_backing).expect("raw");
+                    std::sync::Mutex::new(raw)
+                })
+                .collect();
+            record(compare(
+                &name,
+                &format!("access/32B/2-threads-own/raw-mprotect-{backing}"),
+                rounds / 4 + 1,
+                SHARED_BLOCK,
+                |n| {
+                    aggregate(2, n, |_, n| {
+                        for _ in 0..n {
+                            black_box(read(&secret));
+                        }
+                    })
+                },
+                |n| {
+                    aggregate(2, n, |index, n| {
+                        let raw = raws[index].lock().expect("a raw secret's lock");
+                        for _ in 0..n {
+                            black_box(raw.access(touch));
+                        }
+                    })
+                },
+            ));
+        }
         let name = format!("reader/32B/read_to_end-{backing}");
         if wanted(&name) {
             let mut out = Vec::with_capacity(64);

@@ -60,6 +60,10 @@ struct Waiting {
 /// The access state of one secret. See the module documentation.
 pub(crate) struct Access {
     state: AtomicUsize,
+    /// Readers that found the memory closed and are on their way to open it (in `read_slow`).
+    /// The last reader out hands the open memory over to them instead of closing it, so that
+    /// readers queued behind each other do not each pay for a close and an open.
+    arriving: AtomicUsize,
     slow: Mutex<Waiting>,
     changed: Condvar,
 }
@@ -68,6 +72,7 @@ impl Access {
     pub(crate) fn new() -> Self {
         Access {
             state: AtomicUsize::new(0),
+            arriving: AtomicUsize::new(0),
             slow: Mutex::new(Waiting { writers: 0 }),
             changed: Condvar::new(),
         }
@@ -198,6 +203,15 @@ impl Access {
 
     #[cold]
     fn read_slow<G: Gate>(&self, gate: &G) -> Result<(), Error> {
+        // SeqCst, with the load in `leave_read_slow`: either the last reader sees this arrival
+        // and leaves the memory open, or this reader finds it closed and opens it itself.
+        self.arriving.fetch_add(1, Ordering::SeqCst);
+        let result = self.read_slow_locked(gate);
+        self.arriving.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn read_slow_locked<G: Gate>(&self, gate: &G) -> Result<(), Error> {
         let mut waiting = self.slow.lock();
         loop {
             let state = self.state.load(Ordering::Acquire);
@@ -303,7 +317,8 @@ impl Access {
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             debug_assert!(readers(state) > 0, "leaving a read that was not entered");
-            let last = readers(state) == 1;
+            // A reader queued to enter takes the open memory over: it is not idle.
+            let last = readers(state) == 1 && self.arriving.load(Ordering::SeqCst) == 0;
             let next = if last {
                 (state - ONE_READER) & !OPEN
             } else {
@@ -313,7 +328,13 @@ impl Access {
                 .state
                 .compare_exchange(state, next, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) if !last => return Ok(()),
+                Ok(_) if !last => {
+                    if readers(next) == 0 {
+                        // Handed over: writers and closers wait for the count to reach zero.
+                        self.changed.notify_all();
+                    }
+                    return Ok(());
+                }
                 Ok(_) => break,
                 Err(current) => state = current,
             }
@@ -561,7 +582,13 @@ mod loom_tests {
                 },
                 SeqCst,
             );
-            assert_eq!(previous, 0, "opened memory that was not closed");
+            // A writer may take over memory left open for reading with no reader inside (handed
+            // over to a reader queued behind the writer); a reader never reopens open memory.
+            let allowed = match mode {
+                Mode::Read => previous == 0,
+                Mode::Write => previous <= 1,
+            };
+            assert!(allowed, "opened memory for {mode:?} in state {previous}");
             Ok(())
         }
         fn close(&self) -> Result<(), Error> {
@@ -586,9 +613,11 @@ mod loom_tests {
                 "a writer ran without write access"
             );
         }
+        /// Teardown may find the memory open for reading (handed over to a reader that then
+        /// found the secret closed); a reader still inside would fail `assert_readable`.
         fn teardown(&self) -> Result<(), Error> {
             let previous = self.protection.swap(3, SeqCst);
-            assert_eq!(previous, 0, "teardown while memory was open");
+            assert!(previous < 2, "teardown during a write or twice: {previous}");
             Ok(())
         }
     }
@@ -673,6 +702,27 @@ mod loom_tests {
             s.access.close(|| s.gate.teardown()).unwrap();
             holder.join().unwrap();
             late.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_readers_handing_over_to_each_other_and_a_writer_leave_memory_closed() {
+        loom::model(|| {
+            let s = shared();
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let s = s.clone();
+                    thread::spawn(move || assert!(read(&s)))
+                })
+                .collect();
+            let held = s.access.write(&s.gate).unwrap();
+            s.gate.assert_writable();
+            held.release().unwrap();
+            for r in readers {
+                r.join().unwrap();
+            }
+            assert_eq!(s.gate.protection.load(SeqCst), 0, "memory left open");
+            assert_eq!(s.access.state(), 0);
         });
     }
 

@@ -24,9 +24,9 @@ pub enum Error {
     /// locked-memory limit.
     #[error(
         "could not lock {requested} bytes in RAM: the process has reached its locked-memory \
-         limit (RLIMIT_MEMLOCK, {}) ({}); raise it with `ulimit -l`, systemd `LimitMEMLOCK=`, \
-         or a container's `--ulimit memlock=`, close unused secrets, or choose \
-         `MlockPolicy::BestEffort`",
+         limit (RLIMIT_MEMLOCK {}; the OS said: {}); raise it with `ulimit -l`, systemd \
+         `LimitMEMLOCK=`, or a container's `--ulimit memlock=`, close unused secrets, or \
+         choose `MlockPolicy::BestEffort`",
         LimitDisplay(*limit),
         source
     )]
@@ -102,8 +102,8 @@ struct LimitDisplay(Option<u64>);
 impl fmt::Display for LimitDisplay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(bytes) => write!(f, "soft limit {bytes} bytes"),
-            None => f.write_str("soft limit reported as unlimited"),
+            Some(bytes) => write!(f, "soft limit: {bytes} bytes"),
+            None => f.write_str("soft limit: reported as unlimited"),
         }
     }
 }

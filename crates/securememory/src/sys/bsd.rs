@@ -24,7 +24,10 @@
 //! fails with `ENOSYS`.
 
 use super::unix;
-use super::PageProtection;
+pub(super) use super::unix::{
+    commit_anonymous, disable_core_dumps, fork_generation, memlock_limit, mlock as lock,
+    mprotect as protect, munlock as unlock, munmap as release, page_size,
+};
 use std::io;
 use std::ptr::NonNull;
 
@@ -75,17 +78,6 @@ pub(super) fn child_keeps_data_mapping(secretmem: bool) -> bool {
     !cfg!(any(target_os = "dragonfly", target_vendor = "apple"))
 }
 
-/// `sysconf(_SC_PAGESIZE)`—The size of a page.
-///
-/// # References
-/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/sysconf.html)
-/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=sysconf&sektion=3)
-/// - [OpenBSD](https://man.openbsd.org/sysconf.3)
-/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man3/sysconf.3.html)
-pub(super) fn page_size() -> usize {
-    unix::page_size()
-}
-
 /// `mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANON | MAP_NOCORE, -1, 0)`—Reserve address
 /// space that faults on touch; `MAP_NOCORE` on FreeBSD and DragonFly, `MAP_CONCEAL` on OpenBSD
 /// (left out of core dumps), no extra flag elsewhere.
@@ -98,90 +90,6 @@ pub(super) fn page_size() -> usize {
 /// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mmap.2.html)
 pub(super) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
     unix::mmap_reserve(len, NO_CORE_MAP_FLAG)
-}
-
-/// `mprotect(addr, len, PROT_READ | PROT_WRITE)`—Commit reserved pages by making them
-/// writable; the kernel backs them with zeroed memory on first touch.
-///
-/// `mprotect` (not `mmap(MAP_FIXED)`) keeps the map entry, so the dump flag set by [`reserve`]
-/// stays on it.
-///
-/// # Safety
-/// See [`super::commit_anonymous`].
-///
-/// # References
-/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/mprotect.html)
-/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mprotect&sektion=2)
-/// - [OpenBSD](https://man.openbsd.org/mprotect.2)
-/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mprotect.2.html)
-pub(super) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    // SAFETY: forwarded from the caller: the range is inside its own reservation.
-    unsafe { unix::mprotect(addr, len, PageProtection::ReadWrite) }
-}
-
-/// `mprotect(addr, len, prot)`—Change the protection of committed pages.
-///
-/// # Safety
-/// See [`super::protect`].
-///
-/// # References
-/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/mprotect.html)
-/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mprotect&sektion=2)
-/// - [OpenBSD](https://man.openbsd.org/mprotect.2)
-/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mprotect.2.html)
-pub(super) unsafe fn protect(
-    addr: NonNull<u8>,
-    len: usize,
-    prot: PageProtection,
-) -> io::Result<()> {
-    // SAFETY: forwarded from the caller: committed pages of a live reservation.
-    unsafe { unix::mprotect(addr, len, prot) }
-}
-
-/// `mlock(addr, len)`—Lock pages in RAM. Bounded by `RLIMIT_MEMLOCK` (and on macOS also by the
-/// `vm.user_wire_limit` sysctl).
-///
-/// # Safety
-/// See [`super::lock`].
-///
-/// # References
-/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/mlock.html)
-/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mlock&sektion=2)
-/// - [OpenBSD](https://man.openbsd.org/mlock.2)
-/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mlock.2.html)
-pub(super) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    // SAFETY: forwarded from the caller: committed pages of a live reservation.
-    unsafe { unix::mlock(addr, len) }
-}
-
-/// `munlock(addr, len)`—Unlock pages.
-///
-/// # Safety
-/// See [`super::unlock`].
-///
-/// # References
-/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/munlock.html)
-/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=munlock&sektion=2)
-/// - [OpenBSD](https://man.openbsd.org/munlock.2)
-/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/munlock.2.html)
-pub(super) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    // SAFETY: forwarded from the caller: committed pages of a live reservation.
-    unsafe { unix::munlock(addr, len) }
-}
-
-/// `munmap(addr, len)`—Remove the whole reservation (and any memory lock on it).
-///
-/// # Safety
-/// See [`super::release`].
-///
-/// # References
-/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/munmap.html)
-/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=munmap&sektion=2)
-/// - [OpenBSD](https://man.openbsd.org/munmap.2)
-/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/munmap.2.html)
-pub(super) unsafe fn release(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    // SAFETY: forwarded from the caller: exactly one whole reservation, never used again.
-    unsafe { unix::munmap(addr, len) }
 }
 
 /// `madvise(addr, len, advice)`—Give the kernel advice about a range.
@@ -330,40 +238,4 @@ pub(super) fn secretmem_available() -> bool {
 pub(super) unsafe fn map_secretmem(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     let _ = (addr, len);
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
-}
-
-/// `getrlimit(RLIMIT_MEMLOCK)`—The soft limit on locked memory; `None` when unlimited (the
-/// macOS default, where `vm.user_wire_limit` is the effective cap).
-///
-/// # References
-/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/getrlimit.html)
-/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=getrlimit&sektion=2)
-/// - [OpenBSD](https://man.openbsd.org/getrlimit.2)
-/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/getrlimit.2.html)
-pub(super) fn memlock_limit() -> Option<u64> {
-    unix::memlock_limit()
-}
-
-/// `setrlimit(RLIMIT_CORE, {0, hard})`—Lower the soft core-dump limit to zero, the hard limit
-/// left as it was.
-///
-/// # References
-/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/setrlimit.html)
-/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=setrlimit&sektion=2)
-/// - [OpenBSD](https://man.openbsd.org/setrlimit.2)
-/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/setrlimit.2.html)
-pub(super) fn disable_core_dumps() -> io::Result<()> {
-    unix::disable_core_dumps()
-}
-
-/// `pthread_atfork(NULL, NULL, child)`—A number that changes in a child each time the process
-/// forks.
-///
-/// # References
-/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/pthread_atfork.html)
-/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=pthread_atfork&sektion=3)
-/// - [OpenBSD](https://man.openbsd.org/pthread_atfork.3)
-/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man3/pthread_atfork.3.html)
-pub(super) fn fork_generation() -> u64 {
-    unix::fork_generation()
 }

@@ -1,8 +1,10 @@
 //! Linux: `memfd_secret(2)` and the `madvise(2)` flags that keep memory out of dumps and forks.
 
 use super::unix;
-pub(super) use super::unix::{disable_core_dumps, fork_generation, memlock_limit, page_size};
-use super::PageProtection;
+pub(super) use super::unix::{
+    commit_anonymous, disable_core_dumps, fork_generation, memlock_limit, mlock as lock,
+    mprotect as protect, munlock as unlock, munmap as release, page_size,
+};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
@@ -30,37 +32,6 @@ pub(super) fn child_keeps_data_mapping(secretmem: bool) -> bool {
 
 pub(super) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
     unix::mmap_reserve(len, 0)
-}
-
-/// Anonymous memory on Linux is committed by making the reserved pages writable: a private
-/// `PROT_NONE` mapping is not charged against overcommit until then.
-pub(super) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    // SAFETY: forwarded from the caller.
-    unsafe { unix::mprotect(addr, len, PageProtection::ReadWrite) }
-}
-
-pub(super) unsafe fn protect(
-    addr: NonNull<u8>,
-    len: usize,
-    prot: PageProtection,
-) -> io::Result<()> {
-    // SAFETY: forwarded from the caller.
-    unsafe { unix::mprotect(addr, len, prot) }
-}
-
-pub(super) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    // SAFETY: forwarded from the caller.
-    unsafe { unix::mlock(addr, len) }
-}
-
-pub(super) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    // SAFETY: forwarded from the caller.
-    unsafe { unix::munlock(addr, len) }
-}
-
-pub(super) unsafe fn release(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    // SAFETY: forwarded from the caller.
-    unsafe { unix::munmap(addr, len) }
 }
 
 /// `madvise(addr, len, advice)`—Give the kernel advice about a range.

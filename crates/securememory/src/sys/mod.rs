@@ -4,7 +4,7 @@
 //! protect, lock, exclude from dumps, exclude from fork, release); this module maps each one onto
 //! the calls the running OS offers, one file per OS family:
 //!
-//! - [`unix`](self) (`unix.rs`): the POSIX calls every Unix shares (`mmap`, `mprotect`, `mlock`,
+//! - `unix.rs`: the POSIX calls every Unix shares (`mmap`, `mprotect`, `mlock`,
 //!   `munmap`, `getrlimit`, `pthread_atfork`);
 //! - `linux.rs`: `memfd_secret(2)`, `MADV_DONTDUMP`, `MADV_WIPEONFORK`, `MADV_DONTFORK`;
 //! - `bsd.rs`: macOS, FreeBSD and OpenBSD (`MAP_NOCORE`, `MAP_CONCEAL`, `minherit(2)`);

@@ -53,6 +53,19 @@ pub(super) fn mmap_reserve(len: usize, extra_flags: libc::c_int) -> io::Result<N
     NonNull::new(ptr.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
 }
 
+/// `mprotect(addr, len, PROT_READ | PROT_WRITE)`—Commit reserved pages by making them
+/// writable: a private `PROT_NONE` mapping is not charged against overcommit until then, and the
+/// kernel backs the pages with zeroed memory on first touch. `mprotect` (rather than
+/// `mmap(MAP_FIXED)`) keeps the map entry, so flags set by `reserve` (`MAP_NOCORE`,
+/// `MAP_CONCEAL`) stay on it.
+///
+/// # Safety
+/// See [`super::commit_anonymous`].
+pub(super) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller: the range is inside its own reservation.
+    unsafe { mprotect(addr, len, PageProtection::ReadWrite) }
+}
+
 /// `mprotect(addr, len, prot)`—Change the protection of pages.
 ///
 /// # Safety
@@ -61,6 +74,9 @@ pub(super) fn mmap_reserve(len: usize, extra_flags: libc::c_int) -> io::Result<N
 /// # References
 /// - [Linux](https://man7.org/linux/man-pages/man2/mprotect.2.html)
 /// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/mprotect.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mprotect&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/mprotect.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mprotect.2.html)
 pub(super) unsafe fn mprotect(
     addr: NonNull<u8>,
     len: usize,
@@ -83,6 +99,9 @@ pub(super) unsafe fn mprotect(
 /// # References
 /// - [Linux](https://man7.org/linux/man-pages/man2/mlock.2.html)
 /// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/mlock.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mlock&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/mlock.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mlock.2.html)
 pub(super) unsafe fn mlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is its own committed pages.
     check(unsafe { libc::mlock(addr.as_ptr().cast(), len) })
@@ -95,6 +114,10 @@ pub(super) unsafe fn mlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 ///
 /// # References
 /// - [Linux](https://man7.org/linux/man-pages/man2/munlock.2.html)
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/munlock.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=munlock&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/munlock.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/munlock.2.html)
 pub(super) unsafe fn munlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is its own committed pages.
     check(unsafe { libc::munlock(addr.as_ptr().cast(), len) })
@@ -107,6 +130,10 @@ pub(super) unsafe fn munlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 ///
 /// # References
 /// - [Linux](https://man7.org/linux/man-pages/man2/munmap.2.html)
+/// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/munmap.html)
+/// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=munmap&sektion=2)
+/// - [OpenBSD](https://man.openbsd.org/munmap.2)
+/// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/munmap.2.html)
 pub(super) unsafe fn munmap(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller owns the whole mapping and never uses it again.
     check(unsafe { libc::munmap(addr.as_ptr().cast(), len) })

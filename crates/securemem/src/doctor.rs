@@ -123,6 +123,11 @@ fn probes() -> Vec<(&'static str, &'static str, ProbeFn)> {
             "write one byte before the data page",
             probe::fault::underflow,
         ),
+        (
+            "P7",
+            "write one byte before the secret, inside its page",
+            probe::fault::underflow_in_page,
+        ),
     ]
 }
 
@@ -270,6 +275,10 @@ fn judge(
             }
             "P6" if unavailable_reason.is_some() => "use Backing::Auto on Linux 5.14+ with \
                 memfd_secret enabled (boot with secretmem.enable=1 on kernels before 6.5)"
+                .into(),
+            "P7" if !skipped.is_empty() && !broken && !failed_to_run => "the guard pages still \
+                catch what leaves the data pages; for a canary inside them, use a securememory \
+                that reports Secret::protection().canary for small secrets"
                 .into(),
             "P2" if !skipped.is_empty() && !broken => {
                 if m.core_piped {

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! ready pid=1234 addr=0x7f.. len=32 backing=secretmem locked=true dump_excluded=true
-//!       fork_protected=true guard_pages=true kernel_invisible=true
+//!       fork_protected=true guard_pages=true kernel_invisible=true canary=true
 //! ```
 //!
 //! Then it reads one command per line on stdin and answers one line on stdout:
@@ -23,6 +23,7 @@
 //! | `touch` | reads the raw address outside an access | dies of SIGSEGV, or `touched ..` |
 //! | `overflow` | writes one byte past the end inside `with_bytes_mut` | dies of SIGSEGV, or `overflowed` |
 //! | `underflow` | writes one byte before the data page inside `with_bytes_mut` | dies of SIGSEGV, or `underflowed` |
+//! | `underflow-in-page` | inside `with_bytes_mut`, flips the byte right before the secret (inside its data page, where the canary is), then `close`s | `underflow-in-page with_bytes_mut=R close=R`, each `R` being `Ok`, `Corrupted` or another error's variant name; dies of SIGSEGV when that byte is not mapped |
 //! | `exit` | exits 0 | `bye` |
 //!
 //! In memlock-limit mode (`--fill N`) it instead creates up to `N` small secrets and answers one
@@ -223,7 +224,7 @@ fn announce(secret: &Secret) -> Result<(), String> {
     written?.map_err(|e| format!("write: {e}"))?;
     send(&format!(
         "ready pid={} addr={addr:#x} len={} backing={} locked={} dump_excluded={} \
-         fork_protected={} guard_pages={} kernel_invisible={}",
+         fork_protected={} guard_pages={} kernel_invisible={} canary={}",
         std::process::id(),
         secret.len(),
         backing_name(p.backing),
@@ -232,6 +233,7 @@ fn announce(secret: &Secret) -> Result<(), String> {
         p.fork_protected,
         p.guard_pages,
         p.kernel_invisible,
+        p.canary,
     ))
     .map_err(|e| format!("write: {e}"))
 }
@@ -342,6 +344,7 @@ fn serve(secret: &Secret) -> Result<(), String> {
                     Err(e) => send(&format!("error {e}")),
                 }
             }
+            "underflow-in-page" => underflow_in_page(secret),
             "exit" => {
                 send("bye").map_err(|e| e.to_string())?;
                 return Ok(());
@@ -351,6 +354,49 @@ fn serve(secret: &Secret) -> Result<(), String> {
         .map_err(|e| format!("write: {e}"))?;
     }
     Ok(())
+}
+
+/// Writes one byte right below the secret's first byte, inside its data page, from inside a
+/// write access, then closes the secret; answers with what `with_bytes_mut` and `close` returned.
+fn underflow_in_page(secret: &Secret) -> io::Result<()> {
+    let written = secret.with_bytes_mut(|bytes| {
+        // Deliberately out of bounds: the byte just before the slice, in the same (writable)
+        // data page, where the library keeps its canary. No guard page stands there, so only
+        // the canary check can notice the write. The address comes from the exposed
+        // provenance of the slice's mapping (the `as usize` cast exposes it).
+        let below = std::ptr::with_exposed_provenance_mut::<u8>(bytes.as_ptr() as usize - 1);
+        // SAFETY: deliberately not safe: a stray write just outside the slice, to show that
+        // the canary catches it. The byte lies in the mapped, writable data page (or faults on
+        // the leading guard page, which the probe reports); nothing in this process holds a
+        // reference to it. The value is inverted so the byte changes whatever it held.
+        unsafe { std::ptr::write_volatile(below, !std::ptr::read_volatile(below)) };
+    });
+    let closed = secret.close();
+    send(&format!(
+        "underflow-in-page with_bytes_mut={} close={}",
+        outcome(&written),
+        outcome(&closed)
+    ))
+}
+
+/// `Ok`, or the library error's variant name (one word, for the answer line).
+fn outcome<T>(result: &Result<T, securememory::Error>) -> String {
+    match result {
+        Ok(_) => "Ok".into(),
+        Err(securememory::Error::Corrupted) => "Corrupted".into(),
+        Err(e) => {
+            let debug = format!("{e:?}");
+            let name: String = debug
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            if name.is_empty() {
+                "Error".into()
+            } else {
+                name
+            }
+        }
+    }
 }
 
 fn address(secret: &Secret) -> Result<usize, String> {

@@ -110,6 +110,8 @@ pub struct Ready {
     pub guard_pages: bool,
     /// `Protection::kernel_invisible`.
     pub kernel_invisible: bool,
+    /// `Protection::canary`.
+    pub canary: bool,
 }
 
 /// A running holder process.
@@ -211,6 +213,7 @@ fn parse_ready(marker: &str, line: &str) -> Option<(Ready, [u8; MARKER_LEN])> {
         fork_protected: flag("fork_protected")?,
         guard_pages: flag("guard_pages")?,
         kernel_invisible: flag("kernel_invisible")?,
+        canary: flag("canary")?,
     };
     let marker = decode_hex(marker.strip_prefix("marker ")?)?;
     Some((ready, marker.try_into().ok()?))

@@ -263,6 +263,16 @@ fn write_before_data_page_faults_anonymous() {
     assert_holds(probe::fault::underflow(&anonymous()));
 }
 
+#[test]
+fn underflow_inside_the_page_is_caught_by_the_canary() {
+    assert_holds(probe::fault::underflow_in_page(&default_factory()));
+}
+
+#[test]
+fn underflow_inside_the_page_is_caught_by_the_canary_anonymous() {
+    assert_holds(probe::fault::underflow_in_page(&anonymous()));
+}
+
 // The holder itself: it announces a fresh marker and leaves no copy of it in its memory.
 
 #[test]
@@ -274,5 +284,9 @@ fn holder_marker_is_fresh_and_reported_protections_match_the_default_factory() {
     assert_eq!(a.ready.len, 32);
     assert!(a.ready.locked && a.ready.dump_excluded && a.ready.fork_protected);
     assert!(a.ready.guard_pages);
+    assert!(
+        a.ready.canary,
+        "a 32-byte secret leaves room for a canary in its page"
+    );
     assert_eq!(a.ready.kernel_invisible, a.ready.backing == "secretmem");
 }

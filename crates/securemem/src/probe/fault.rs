@@ -82,6 +82,72 @@ pub fn underflow(options: &HolderOptions) -> Result<Finding, ProbeError> {
     )
 }
 
+/// P7: inside a write access, flips the byte right before the secret, inside its data page
+/// (where no guard page can catch it), then closes the secret. The library's canary must catch
+/// it: `with_bytes_mut` and `close` both return `Error::Corrupted`.
+///
+/// # Errors
+/// [`ProbeError::Skipped`] when the library placed no canary before the secret
+/// (`Secret::protection().canary` is false); [`ProbeError::Broken`] when the holder misbehaves.
+pub fn underflow_in_page(options: &HolderOptions) -> Result<Finding, ProbeError> {
+    const COMMAND: &str = "underflow-in-page";
+    let mut holder = Holder::spawn(options)?;
+    if !holder.ready.canary {
+        return Err(ProbeError::Skipped(format!(
+            "the library placed no canary before this {}-byte secret \
+             (Secret::protection().canary is false), so nothing inside the data page can catch \
+             an underflow",
+            holder.ready.len
+        )));
+    }
+    let mut finding = Finding::new(
+        "P7",
+        "write one byte before the secret, inside its page, inside with_bytes_mut, then close",
+        Some(&holder.ready),
+    );
+    let answer = match holder.expect_death(COMMAND)? {
+        Err(answer) => answer,
+        Ok(death) => {
+            let how = death.map_or("exited normally".into(), |s| {
+                format!("was killed by {}", signal_name(s))
+            });
+            finding.broke(format!(
+                "the holder {how}: the byte before the secret at {:#x} is not in its writable \
+                 data page, although the library reported a canary there",
+                holder.ready.addr
+            ));
+            return Ok(finding);
+        }
+    };
+    let result = |key: &str| {
+        answer
+            .strip_prefix(COMMAND)?
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let (Some(written), Some(closed)) = (result("with_bytes_mut"), result("close")) else {
+        return Err(ProbeError::Broken(format!(
+            "unexpected answer {answer:?} to {COMMAND:?}"
+        )));
+    };
+    for (call, got) in [("with_bytes_mut", written), ("close", closed)] {
+        if got == "Corrupted" {
+            finding.saw(format!("{call} returned Err(Corrupted)"));
+        } else if got == "Ok" {
+            finding.broke(format!(
+                "{call} returned Ok: the overwritten canary went unnoticed"
+            ));
+        } else {
+            finding.broke(format!(
+                "{call} returned Err({got}) instead of Err(Corrupted)"
+            ));
+        }
+    }
+    holder.call("exit", "bye")?;
+    Ok(finding)
+}
+
 /// P5: the holder forks; the child asks the library for the bytes, then makes the inherited
 /// page readable and reads it raw. Neither may give the marker.
 ///

@@ -1,4 +1,4 @@
-//! Paired ratios: each target of issue 4 measured as candidate against baseline in alternating
+//! Paired ratios: each performance target measured as candidate against baseline in alternating
 //! short blocks (see `securememory_bench::paired`), so the ratio survives a noisy machine.
 //!
 //! Prints one line per comparison and writes them as JSON lines to `target/paired.json`, which

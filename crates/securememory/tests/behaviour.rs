@@ -33,6 +33,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 #[test]
 fn round_trip_preserves_bytes_at_page_boundaries() {
+    common::watchdog();
     for (name, factory) in factories() {
         for len in [1, 31, 4095, 4096, 4097, 64 * 1024 + 7] {
             let expected = pattern(len);
@@ -51,6 +52,7 @@ fn round_trip_preserves_bytes_at_page_boundaries() {
 
 #[test]
 fn new_wipes_the_source_on_success() {
+    common::watchdog();
     let mut source = pattern(100);
     let secret = ProtectedMemorySecretFactory::default()
         .new(&mut source)
@@ -64,6 +66,7 @@ fn new_wipes_the_source_on_success() {
 
 #[test]
 fn zero_length_is_invalid_and_leaves_the_source_alone() {
+    common::watchdog();
     let factory = ProtectedMemorySecretFactory::default();
     assert!(matches!(factory.new(&mut []), Err(Error::InvalidLength)));
     assert!(matches!(
@@ -76,6 +79,7 @@ fn zero_length_is_invalid_and_leaves_the_source_alone() {
 
 #[test]
 fn unmappable_length_is_invalid() {
+    common::watchdog();
     let factory = ProtectedMemorySecretFactory::default();
     for len in [usize::MAX, isize::MAX as usize] {
         assert!(
@@ -87,6 +91,7 @@ fn unmappable_length_is_invalid() {
 
 #[test]
 fn random_secrets_differ() {
+    common::watchdog();
     let factory = ProtectedMemorySecretFactory::default();
     let a = factory.create_random(32).unwrap();
     let b = factory.create_random(32).unwrap();
@@ -98,6 +103,7 @@ fn random_secrets_differ() {
 
 #[test]
 fn with_bytes_returns_the_callbacks_value() {
+    common::watchdog();
     let secret = ProtectedMemorySecretFactory::default()
         .new(&mut b"hello".to_vec())
         .unwrap();
@@ -111,6 +117,7 @@ fn with_bytes_returns_the_callbacks_value() {
 
 #[test]
 fn with_bytes_mut_changes_what_later_reads_see() {
+    common::watchdog();
     for (name, factory) in factories() {
         let secret = factory.new(&mut [1, 2, 3]).unwrap();
         let old = secret
@@ -127,6 +134,7 @@ fn with_bytes_mut_changes_what_later_reads_see() {
 
 #[test]
 fn every_access_on_a_closed_secret_is_closed_and_never_runs_the_callback() {
+    common::watchdog();
     let secret = ProtectedMemorySecretFactory::default()
         .create_random(32)
         .unwrap();
@@ -150,6 +158,7 @@ fn every_access_on_a_closed_secret_is_closed_and_never_runs_the_callback() {
 
 #[test]
 fn close_is_idempotent() {
+    common::watchdog();
     let secret = ProtectedMemorySecretFactory::default()
         .create_random(8)
         .unwrap();
@@ -160,6 +169,7 @@ fn close_is_idempotent() {
 
 #[test]
 fn nested_reads_of_the_same_secret_work() {
+    common::watchdog();
     let secret = ProtectedMemorySecretFactory::default()
         .new(&mut [5; 16])
         .unwrap();
@@ -184,6 +194,7 @@ fn nested_reads_of_the_same_secret_work() {
 
 #[test]
 fn close_inside_a_read_is_an_error_not_a_deadlock() {
+    common::watchdog();
     common::within(common::DEADLINE, || {
         let secret = ProtectedMemorySecretFactory::default()
             .create_random(8)
@@ -201,6 +212,7 @@ fn close_inside_a_read_is_an_error_not_a_deadlock() {
 
 #[test]
 fn write_inside_a_read_and_access_inside_a_write_are_errors_not_deadlocks() {
+    common::watchdog();
     common::within(common::DEADLINE, || {
         let secret = ProtectedMemorySecretFactory::default()
             .create_random(8)
@@ -225,6 +237,7 @@ fn write_inside_a_read_and_access_inside_a_write_are_errors_not_deadlocks() {
 
 #[test]
 fn accessing_another_secret_inside_an_access_works() {
+    common::watchdog();
     let factory = ProtectedMemorySecretFactory::default();
     let a = factory.new(&mut [1; 4]).unwrap();
     let b = factory.new(&mut [2; 4]).unwrap();
@@ -238,6 +251,7 @@ fn accessing_another_secret_inside_an_access_works() {
 
 #[test]
 fn panic_in_a_callback_releases_the_access() {
+    common::watchdog();
     for (name, factory) in factories() {
         let secret = factory.new(&mut [3; 8]).unwrap();
         let caught = catch_unwind(AssertUnwindSafe(|| {
@@ -260,6 +274,7 @@ fn panic_in_a_callback_releases_the_access() {
 
 #[test]
 fn reader_reads_in_parts_ends_with_zero_and_fails_after_close() {
+    common::watchdog();
     let secret = ProtectedMemorySecretFactory::default()
         .new(&mut b"0123456789".to_vec())
         .unwrap();
@@ -282,6 +297,7 @@ fn reader_reads_in_parts_ends_with_zero_and_fails_after_close() {
 
 #[test]
 fn io_copy_over_chained_readers() {
+    common::watchdog();
     let factory = ProtectedMemorySecretFactory::default();
     let first = factory.new(&mut b"user:".to_vec()).unwrap();
     let second = factory.new(&mut pattern(5000)).unwrap();
@@ -295,6 +311,7 @@ fn io_copy_over_chained_readers() {
 
 #[test]
 fn thousands_of_live_secrets() {
+    common::watchdog();
     let factory = ProtectedMemorySecretFactory::default();
     let secrets: Vec<Secret> = (0..3000u32)
         .map(|i| factory.new(&mut i.to_le_bytes()).unwrap())
@@ -312,6 +329,7 @@ fn thousands_of_live_secrets() {
 
 #[test]
 fn debug_never_prints_the_bytes() {
+    common::watchdog();
     let secret = ProtectedMemorySecretFactory::default()
         .new(&mut b"hunter2-hunter2".to_vec())
         .unwrap();
@@ -323,6 +341,7 @@ fn debug_never_prints_the_bytes() {
 
 #[test]
 fn secrets_and_factories_are_send_and_sync() {
+    common::watchdog();
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Secret>();
     assert_send_sync::<ProtectedMemorySecretFactory>();
@@ -332,6 +351,7 @@ fn secrets_and_factories_are_send_and_sync() {
 
 #[test]
 fn protection_reports_what_the_secret_got() {
+    common::watchdog();
     let secret = ProtectedMemorySecretFactory::builder()
         .backing(Backing::Anonymous)
         .build()
@@ -364,6 +384,7 @@ fn protection_reports_what_the_secret_got() {
 #[cfg(target_os = "linux")]
 #[test]
 fn secretmem_backing_is_used_where_the_kernel_offers_it() {
+    common::watchdog();
     let probe = ProtectedMemorySecretFactory::builder()
         .backing(Backing::SecretMem)
         .build()
@@ -387,6 +408,7 @@ fn secretmem_backing_is_used_where_the_kernel_offers_it() {
 
 #[test]
 fn underflow_inside_the_page_is_caught_by_the_canary() {
+    common::watchdog();
     for (name, factory) in factories() {
         let secret = factory.new(&mut [4; 32]).unwrap();
         assert!(secret.protection().canary, "{name}");
@@ -408,6 +430,7 @@ fn underflow_inside_the_page_is_caught_by_the_canary() {
 
 #[test]
 fn a_secret_that_fills_its_pages_needs_no_canary() {
+    common::watchdog();
     let secret = ProtectedMemorySecretFactory::default()
         .create_random(4096)
         .unwrap();

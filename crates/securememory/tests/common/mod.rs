@@ -31,6 +31,22 @@ pub fn within<R: Send + 'static>(limit: Duration, body: impl FnOnce() -> R + Sen
     }
 }
 
+/// Ends the whole test process if it is still running after `DEADLINE` × 5, so that a deadlock
+/// in a test that has no deadline of its own fails the run instead of hanging it. Idempotent.
+pub fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        thread::spawn(|| {
+            thread::sleep(DEADLINE * 5);
+            eprintln!(
+                "test process still running after {:?}: deadlock?",
+                DEADLINE * 5
+            );
+            std::process::exit(101);
+        });
+    });
+}
+
 const CHILD_VAR: &str = "SECUREMEMORY_TEST_CHILD";
 
 /// True in the child process that [`in_child`] started for `test`.

@@ -2,8 +2,8 @@
 
 use super::unix;
 pub(super) use super::unix::{
-    commit_anonymous, disable_core_dumps, fork_generation, memlock_limit, mlock as lock,
-    mprotect as protect, munlock as unlock, munmap as release, page_size,
+    commit_anonymous, disable_core_dumps, fork_generation, memlock_limit, mprotect as protect,
+    munmap as release, page_size,
 };
 use std::io;
 use std::ptr::NonNull;
@@ -22,6 +22,41 @@ pub(crate) mod call {
     pub(crate) const EXCLUDE_ANONYMOUS_FROM_FORK: &str = "madvise(MADV_WIPEONFORK)";
     pub(crate) const EXCLUDE_SECRETMEM_FROM_FORK: &str = "madvise(MADV_DONTFORK)";
     pub(crate) const CORE_LIMIT: &str = "setrlimit(RLIMIT_CORE)";
+}
+
+/// `mlock(addr, len)`—Lock pages in RAM, through the raw system call.
+///
+/// Not through the libc symbol: an interposed `mlock` can pretend to succeed (AddressSanitizer's
+/// does nothing and returns 0), and the library would then report pages locked that are not.
+///
+/// # Safety
+/// See [`super::lock`].
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/mlock.2.html)
+pub(super) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range is its own committed pages.
+    syscall_result(unsafe { libc::syscall(libc::SYS_mlock, addr.as_ptr(), len) })
+}
+
+/// `munlock(addr, len)`—Unlock pages, through the raw system call (see [`lock`]).
+///
+/// # Safety
+/// See [`super::unlock`].
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/munlock.2.html)
+pub(super) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range is its own committed pages.
+    syscall_result(unsafe { libc::syscall(libc::SYS_munlock, addr.as_ptr(), len) })
+}
+
+fn syscall_result(ret: libc::c_long) -> io::Result<()> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Whether a forked child still has the data pages mapped: zero-filled anonymous memory

@@ -102,6 +102,7 @@ pub(super) unsafe fn mprotect(
 /// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=mlock&sektion=2)
 /// - [OpenBSD](https://man.openbsd.org/mlock.2)
 /// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/mlock.2.html)
+#[cfg(not(target_os = "linux"))] // Linux calls the system call directly (linux.rs).
 pub(super) unsafe fn mlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is its own committed pages.
     check(unsafe { libc::mlock(addr.as_ptr().cast(), len) })
@@ -118,6 +119,7 @@ pub(super) unsafe fn mlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 /// - [FreeBSD](https://man.freebsd.org/cgi/man.cgi?query=munlock&sektion=2)
 /// - [OpenBSD](https://man.openbsd.org/munlock.2)
 /// - [macOS](https://developer.apple.com/library/archive/documentation/System/Conceptual/ManPages_iPhoneOS/man2/munlock.2.html)
+#[cfg(not(target_os = "linux"))] // Linux calls the system call directly (linux.rs).
 pub(super) unsafe fn munlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is its own committed pages.
     check(unsafe { libc::munlock(addr.as_ptr().cast(), len) })

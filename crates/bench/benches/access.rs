@@ -1,7 +1,7 @@
 //! Access: `with_bytes` reading every byte, against the raw `mprotect` cycle and the peers.
 //!
 //! Groups are `access/<size>/<threads>`; rows are `raw-mprotect-<backing>` (the baseline),
-//! `secret-<backing>`, `secrets-crate` (libsodium's `sodium_mprotect_*` through `SecretVec`)
+//! `secret-<backing>`, `secrets-crate` (with `--features peers-libsodium`: libsodium's `sodium_mprotect_*` through `SecretVec`)
 //! and `memsec-anonymous`.
 
 #[cfg(target_os = "linux")]
@@ -13,7 +13,9 @@ mod linux {
     use criterion::{criterion_group, BenchmarkGroup};
     use criterion::{measurement::WallTime, Criterion};
     use securememory::{Secret, SecretFactory};
-    use securememory_bench::peers::{self, Memsec};
+    #[cfg(feature = "peers-libsodium")]
+    use securememory_bench::peers;
+    use securememory_bench::peers::Memsec;
     use securememory_bench::raw::RawSecret;
     use securememory_bench::threads::{aggregate, BusySibling};
     use securememory_bench::{touch, SIZES};
@@ -55,15 +57,17 @@ mod linux {
             });
             secret.close().expect("closing a secret");
         }
-        let sodium = peers::sodium(&bytes);
-        group.bench_function("secrets-crate", |b| {
-            b.iter_custom(|iters| {
-                timed(iters, sibling, || {
-                    black_box(peers::sodium_access(&sodium));
+        #[cfg(feature = "peers-libsodium")]
+        {
+            let sodium = peers::sodium(&bytes);
+            group.bench_function("secrets-crate", |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(peers::sodium_access(&sodium));
+                    })
                 })
-            })
-        });
-        drop(sodium);
+            });
+        }
         let memsec = Memsec::new(&bytes, false);
         group.bench_function("memsec-anonymous", |b| {
             b.iter_custom(|iters| {

@@ -13,7 +13,9 @@ mod linux {
     use super::common;
     use criterion::{criterion_group, Criterion};
     use securememory::SecretFactory;
-    use securememory_bench::peers::{self, Memsec};
+    #[cfg(feature = "peers-libsodium")]
+    use securememory_bench::peers;
+    use securememory_bench::peers::Memsec;
     use securememory_bench::raw::{self, RawSecret};
     use std::hint::black_box;
 
@@ -40,6 +42,7 @@ mod linux {
                 })
             });
         }
+        #[cfg(feature = "peers-libsodium")]
         group.bench_function("secrets-crate", |b| {
             b.iter(|| {
                 let secret = peers::sodium(&source);
@@ -74,6 +77,7 @@ mod linux {
                 })
             });
         }
+        #[cfg(feature = "peers-libsodium")]
         group.bench_function("secrets-crate", |b| {
             b.iter(|| drop(black_box(secrets::SecretVec::<u8>::random(LEN))))
         });

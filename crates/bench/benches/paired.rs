@@ -11,7 +11,9 @@ mod common;
 fn main() {
     use securememory::{Secret, SecretFactory};
     use securememory_bench::paired::{compare, Paired};
-    use securememory_bench::peers::{self, Memsec};
+    #[cfg(feature = "peers-libsodium")]
+    use securememory_bench::peers;
+    use securememory_bench::peers::Memsec;
     use securememory_bench::raw::{self, RawSecret};
     use securememory_bench::threads::{aggregate, BusySibling};
     use securememory_bench::touch;
@@ -241,25 +243,28 @@ fn main() {
     }
 
     let raw = RawSecret::new(&mut source.clone(), raw::RawBacking::Anonymous).expect("raw");
-    let name = "access/32B/1-thread/secrets-crate";
-    if wanted(name) {
-        let sodium = peers::sodium(&source);
-        record(compare(
-            name,
-            "access/32B/1-thread/raw-mprotect-anonymous",
-            rounds,
-            ACCESS_BLOCK,
-            |n| {
-                timed(n, || {
-                    black_box(peers::sodium_access(&sodium));
-                })
-            },
-            |n| {
-                timed(n, || {
-                    black_box(raw.access(touch));
-                })
-            },
-        ));
+    #[cfg(feature = "peers-libsodium")]
+    {
+        let name = "access/32B/1-thread/secrets-crate";
+        if wanted(name) {
+            let sodium = peers::sodium(&source);
+            record(compare(
+                name,
+                "access/32B/1-thread/raw-mprotect-anonymous",
+                rounds,
+                ACCESS_BLOCK,
+                |n| {
+                    timed(n, || {
+                        black_box(peers::sodium_access(&sodium));
+                    })
+                },
+                |n| {
+                    timed(n, || {
+                        black_box(raw.access(touch));
+                    })
+                },
+            ));
+        }
     }
     let name = "access/32B/1-thread/memsec-anonymous";
     if wanted(name) {
@@ -281,23 +286,26 @@ fn main() {
             },
         ));
     }
-    let name = "lifecycle/32B/new-close/secrets-crate";
-    if wanted(name) {
-        let mut b = source.clone();
-        record(compare(
-            name,
-            "lifecycle/32B/new-close/raw-sequence-anonymous",
-            rounds,
-            LIFECYCLE_BLOCK,
-            |n| timed(n, || drop(black_box(peers::sodium(&source)))),
-            |n| {
-                timed(n, || {
-                    b.copy_from_slice(&source);
-                    let r = RawSecret::new(&mut b, raw::RawBacking::Anonymous).expect("raw");
-                    r.close().expect("close");
-                })
-            },
-        ));
+    #[cfg(feature = "peers-libsodium")]
+    {
+        let name = "lifecycle/32B/new-close/secrets-crate";
+        if wanted(name) {
+            let mut b = source.clone();
+            record(compare(
+                name,
+                "lifecycle/32B/new-close/raw-sequence-anonymous",
+                rounds,
+                LIFECYCLE_BLOCK,
+                |n| timed(n, || drop(black_box(peers::sodium(&source)))),
+                |n| {
+                    timed(n, || {
+                        b.copy_from_slice(&source);
+                        let r = RawSecret::new(&mut b, raw::RawBacking::Anonymous).expect("raw");
+                        r.close().expect("close");
+                    })
+                },
+            ));
+        }
     }
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/paired.json");

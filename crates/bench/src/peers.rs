@@ -59,12 +59,14 @@ impl Drop for Memsec {
 }
 
 /// A `secrets::SecretVec` (libsodium `sodium_malloc`) holding a copy of `bytes`.
+#[cfg(feature = "peers-libsodium")]
 pub fn sodium(bytes: &[u8]) -> secrets::SecretVec<u8> {
     secrets::SecretVec::<u8>::new(bytes.len(), |s| s.copy_from_slice(bytes))
 }
 
 /// One access of a `secrets::SecretVec`: `borrow()` (`sodium_mprotect_readonly`), [`touch`],
 /// and the drop of the borrow (`sodium_mprotect_noaccess`).
+#[cfg(feature = "peers-libsodium")]
 #[inline]
 pub fn sodium_access(secret: &secrets::SecretVec<u8>) -> u8 {
     touch(&secret.borrow())

@@ -1,5 +1,6 @@
 //! The one error type of the crate.
 
+use crate::factory::Backing;
 use std::fmt;
 use std::io;
 
@@ -25,18 +26,54 @@ pub enum Error {
     #[error(
         "could not lock {requested} bytes in RAM: the process has reached its locked-memory \
          limit (RLIMIT_MEMLOCK {}; the OS said: {}); raise it with `ulimit -l`, systemd \
-         `LimitMEMLOCK=`, or a container's `--ulimit memlock=`, close unused secrets, or \
-         choose `MlockPolicy::BestEffort`",
+         `LimitMEMLOCK=`, or a container's `--ulimit memlock=`, or close unused secrets{}",
         LimitDisplay(*limit),
-        source
+        source,
+        LockRemedy(*backing)
     )]
     MemoryLockLimit {
         /// The page-rounded number of bytes this secret needed locked.
         requested: usize,
         /// The soft `RLIMIT_MEMLOCK` of the process in bytes, `None` when unlimited.
         limit: Option<u64>,
+        /// The backing the factory was asked for. [`Backing::SecretMem`] is charged to the limit
+        /// whatever the [`MlockPolicy`](crate::MlockPolicy), so `BestEffort` is no way out there.
+        backing: Backing,
         /// The error the OS returned.
         source: io::Error,
+    },
+
+    /// Mapping the secret's pages was refused because the process has as many memory mappings
+    /// as `vm.max_map_count` allows. Each secret takes up to three (guard, data, guard).
+    #[error(
+        "could not map a secret: the process has reached its limit on memory mappings \
+         (vm.max_map_count = {limit}, {in_use} in use); raise it with \
+         `sysctl -w vm.max_map_count=N` (or in /etc/sysctl.d/), or close unused secrets"
+    )]
+    MapCountLimit {
+        /// Mappings of the process when the call failed.
+        in_use: usize,
+        /// `vm.max_map_count`.
+        limit: usize,
+        /// The error the OS returned.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The secret is larger than the memory this process can still get, so it was refused before
+    /// any page was touched: its pages are locked in RAM (or are secret memory), and filling them
+    /// would get the process killed by the OOM killer instead.
+    #[error(
+        "a secret of {requested} bytes does not fit: this process can get only {available} more \
+         bytes of memory (the least of the system's MemAvailable and the headroom of its memory \
+         cgroup); free memory, raise the cgroup's limit, or keep large data outside secret \
+         memory (for example encrypted, with only its key in a secret)"
+    )]
+    InsufficientMemory {
+        /// The page-rounded size of the secret's data pages.
+        requested: usize,
+        /// The bytes of memory the process could still get when it asked.
+        available: u64,
     },
 
     /// The requested backing cannot be had on this machine (for example `memfd_secret(2)` on a
@@ -78,7 +115,7 @@ pub enum Error {
     Corrupted,
 
     /// An operating-system call failed.
-    #[error("{operation} failed: {source}")]
+    #[error("{operation} failed: {source}{}", OsRemedy(source))]
     Os {
         /// The operation, named after the call (`mmap`, `mprotect`, `mlock`, ...).
         operation: &'static str,
@@ -94,6 +131,48 @@ pub enum Error {
 impl Error {
     pub(crate) fn os(operation: &'static str, source: io::Error) -> Self {
         Error::Os { operation, source }
+    }
+}
+
+/// What to do about a locked-memory limit besides raising it or closing secrets.
+struct LockRemedy(Backing);
+
+impl fmt::Display for LockRemedy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Backing::SecretMem => f.write_str(
+                "; secret memory is charged to this limit whatever the `MlockPolicy`, so \
+                 `BestEffort` does not help (`Backing::Auto` with `BestEffort` falls back to \
+                 unlocked anonymous memory past it)",
+            ),
+            _ => f.write_str(", or choose `MlockPolicy::BestEffort`"),
+        }
+    }
+}
+
+/// What to do about an OS error that says a resource of the process or system ran out.
+struct OsRemedy<'a>(&'a io::Error);
+
+impl fmt::Display for OsRemedy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        #[cfg(unix)]
+        match self.0.raw_os_error() {
+            Some(libc::EMFILE) => f.write_str(
+                "; the process has as many open file descriptors as RLIMIT_NOFILE allows: close \
+                 some, or raise it with `ulimit -n` or systemd `LimitNOFILE=`",
+            ),
+            Some(libc::ENFILE) => f.write_str(
+                "; the system has as many open files as fs.file-max allows: close some, or \
+                 raise it with `sysctl -w fs.file-max=N`",
+            ),
+            Some(libc::ENOMEM) => f.write_str("; the system is out of memory"),
+            _ => Ok(()),
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = f;
+            Ok(())
+        }
     }
 }
 

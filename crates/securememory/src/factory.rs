@@ -1,9 +1,9 @@
 //! Factories: the `SecretFactory` trait and the default protected-memory factory with its policy.
 
 use crate::error::Error;
-use crate::region::{Locking, Memory, Region};
+use crate::region::{Locking, Memory, Obtained, Region};
 use crate::secret::{Protection, Secret};
-use crate::sys;
+use crate::sys::{self, SecretMemSupport};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -172,59 +172,51 @@ impl ProtectedMemorySecretFactory {
     /// Maps a writable region for `len` bytes under this factory's policy.
     fn region(&self, len: usize) -> Result<(Region, Protection), Error> {
         let locking = self.locking();
-        let (region, obtained, memory) = match self.backing {
-            Backing::Anonymous => {
-                let (r, o) = Region::new(len, Memory::Anonymous, locking, self.guard_pages)?;
-                (r, o, Memory::Anonymous)
-            }
-            Backing::SecretMem => {
-                if !sys::secretmem_available() {
-                    return Err(Error::BackingUnavailable {
-                        backing: Backing::SecretMem.name(),
-                        reason: "memfd_secret(2) is not offered by this kernel (Linux 5.14+, \
-                                 secretmem.enable=1 before 6.5)"
-                            .into(),
-                    });
-                }
-                let (r, o) = Region::new(len, Memory::SecretMem, locking, self.guard_pages)?;
-                (r, o, Memory::SecretMem)
-            }
-            Backing::Auto if sys::secretmem_available() => {
-                match Region::new(len, Memory::SecretMem, locking, self.guard_pages) {
-                    Ok((r, o)) => (r, o, Memory::SecretMem),
+        let anonymous = || Region::new(len, Memory::Anonymous, locking, self.guard_pages);
+        let secret_memory = || Region::new(len, Memory::SecretMem, locking, self.guard_pages);
+        let mut gave_up_secretmem = false;
+        let made = match self.backing {
+            Backing::Anonymous => anonymous(),
+            Backing::SecretMem => match sys::secretmem_support() {
+                SecretMemSupport::Available => secret_memory(),
+                SecretMemSupport::Unavailable(error) => Err(Error::BackingUnavailable {
+                    backing: Backing::SecretMem.name(),
+                    reason: secretmem_refusal(&error),
+                }),
+                SecretMemSupport::Failed(error) => Err(Error::os(sys::call::SECRETMEM, error)),
+            },
+            Backing::Auto => match sys::secretmem_support() {
+                SecretMemSupport::Available => match secret_memory() {
                     // Secret memory is charged to RLIMIT_MEMLOCK; past it, anonymous memory
-                    // may still be had unlocked when the policy allows.
+                    // may still be had (unlocked) when the policy allows.
                     Err(Error::MemoryLockLimit { .. }) if locking != Locking::Required => {
-                        let (r, o) =
-                            Region::new(len, Memory::Anonymous, locking, self.guard_pages)?;
-                        (r, o, Memory::Anonymous)
+                        gave_up_secretmem = true;
+                        anonymous()
                     }
-                    Err(error) => return Err(error),
-                }
-            }
-            Backing::Auto => {
-                let (r, o) = Region::new(len, Memory::Anonymous, locking, self.guard_pages)?;
-                (r, o, Memory::Anonymous)
-            }
+                    made => made,
+                },
+                SecretMemSupport::Unavailable(_) => anonymous(),
+                // A momentary shortage (descriptors, memory) is reported, not papered over with
+                // weaker memory.
+                SecretMemSupport::Failed(error) => Err(Error::os(sys::call::SECRETMEM, error)),
+            },
         };
-        let secretmem = memory == Memory::SecretMem;
-        if !obtained.locked
-            && locking == Locking::BestEffort
-            && !self.warned_unlocked.swap(true, Ordering::Relaxed)
-        {
-            let lost_secretmem = if self.backing == Backing::Auto && sys::secretmem_available() {
-                " and, past the limit, no longer hidden from the kernel (memfd_secret memory is \
-                 charged to the same limit)"
-            } else {
-                ""
-            };
-            log::warn!(
-                "secrets are not locked in RAM and may be swapped{lost_secretmem}: the \
-                 locked-memory limit RLIMIT_MEMLOCK ({}) is reached; raise it with `ulimit -l` or \
-                 systemd `LimitMEMLOCK=` (further warnings from this factory are suppressed)",
-                sys::memlock_limit().map_or("unlimited".to_string(), |b| format!("{b} bytes"))
-            );
-        }
+        let (region, obtained) = made.map_err(|error| match error {
+            Error::MemoryLockLimit {
+                requested,
+                limit,
+                source,
+                ..
+            } => Error::MemoryLockLimit {
+                requested,
+                limit,
+                backing: self.backing,
+                source,
+            },
+            error => error,
+        })?;
+        let secretmem = region.is_secretmem();
+        self.report_lost_protection(&obtained, locking, gave_up_secretmem);
         let protection = Protection {
             backing: if secretmem {
                 Backing::SecretMem
@@ -239,6 +231,44 @@ impl ProtectedMemorySecretFactory {
             kernel_invisible: secretmem,
         };
         Ok((region, protection))
+    }
+
+    /// Logs, once per factory, that secrets go without a protection the policy let go: locking
+    /// (`BestEffort` past the limit), or secret memory (`Auto` past the limit, whatever the
+    /// mlock policy).
+    fn report_lost_protection(
+        &self,
+        obtained: &Obtained,
+        locking: Locking,
+        gave_up_secretmem: bool,
+    ) {
+        let unlocked = !obtained.locked && locking == Locking::BestEffort;
+        if !(unlocked || gave_up_secretmem) || self.warned_unlocked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let limit = sys::memlock_limit().map_or("unlimited".to_string(), |b| format!("{b} bytes"));
+        if unlocked {
+            let lost_secretmem = if gave_up_secretmem {
+                " and, past the limit, no longer hidden from the kernel (memfd_secret memory is \
+                 charged to the same limit)"
+            } else {
+                ""
+            };
+            log::warn!(
+                "secrets are not locked in RAM and may be swapped{lost_secretmem}: the \
+                 locked-memory limit RLIMIT_MEMLOCK ({limit}) is reached; raise it with `ulimit \
+                 -l` or systemd `LimitMEMLOCK=` (further warnings from this factory are \
+                 suppressed)"
+            );
+        } else {
+            log::warn!(
+                "secrets are no longer hidden from the kernel: memfd_secret memory is charged to \
+                 the locked-memory limit RLIMIT_MEMLOCK ({limit}), which is reached, so new \
+                 secrets go to anonymous memory (readable through /proc/PID/mem by root); raise \
+                 the limit with `ulimit -l` or systemd `LimitMEMLOCK=` (further warnings from \
+                 this factory are suppressed)"
+            );
+        }
     }
 
     /// Fills a fresh region with `fill`, makes it inaccessible, and wraps it in a secret. On any
@@ -256,6 +286,26 @@ impl ProtectedMemorySecretFactory {
         crate::access::Gate::close(&region)?;
         Ok(Secret::from_region(region, protection))
     }
+}
+
+/// Why secret memory was refused for good, for [`Error::BackingUnavailable`].
+fn secretmem_refusal(error: &io::Error) -> String {
+    #[cfg(target_os = "linux")]
+    match error.raw_os_error() {
+        Some(libc::ENOSYS) => {
+            return "memfd_secret(2) is not offered by this kernel (Linux 5.14+, \
+                    secretmem.enable=1 before 6.5)"
+                .into()
+        }
+        Some(libc::EPERM | libc::EACCES) => {
+            return format!(
+                "memfd_secret(2) is forbidden to this process, by a seccomp filter or a \
+                 security policy ({error})"
+            )
+        }
+        _ => {}
+    }
+    format!("memfd_secret(2) is not available here ({error})")
 }
 
 impl SecretFactory for ProtectedMemorySecretFactory {
@@ -357,7 +407,7 @@ mod injected_failures {
         fails_cleanly(Backing::Anonymous, Op::Reserve, libc::ENOMEM, "mmap");
         fails_cleanly(Backing::Anonymous, Op::Commit, eio, "mprotect");
         fails_cleanly(Backing::Anonymous, Op::Lock, eio, "mlock");
-        fails_cleanly(Backing::Anonymous, Op::Lock, libc::ENOMEM, "RLIMIT_MEMLOCK");
+        fails_cleanly(Backing::Anonymous, Op::Lock, libc::EPERM, "RLIMIT_MEMLOCK");
         fails_cleanly(
             Backing::Anonymous,
             Op::ExcludeFromDump,
@@ -377,7 +427,7 @@ mod injected_failures {
             common::in_child(NAME);
             return;
         }
-        if !sys::secretmem_available() {
+        if !matches!(sys::secretmem_support(), SecretMemSupport::Available) {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "memfd_secret missing in CI"
@@ -397,6 +447,74 @@ mod injected_failures {
         fails_cleanly(Backing::SecretMem, Op::ExcludeFromFork, eio, "madvise");
         fails_cleanly(Backing::SecretMem, Op::Protect, eio, "mprotect");
         fails_cleanly(Backing::SecretMem, Op::Random, eio, "random");
+    }
+
+    #[test]
+    fn a_failed_unlock_on_close_does_not_hide_a_corrupted_canary() {
+        let secret = factory(Backing::Anonymous).create_random(32).unwrap();
+        let corrupted = secret.with_bytes_mut(|b| {
+            // SAFETY: the byte right before the secret is in its (writable) data page: the
+            // canary, overwritten on purpose.
+            unsafe { *b.as_mut_ptr().sub(1) ^= 0xff };
+        });
+        assert!(matches!(corrupted, Err(Error::Corrupted)), "{corrupted:?}");
+        fault::fail_next(Op::Unlock, libc::EIO);
+        let closed = secret.close();
+        assert!(matches!(closed, Err(Error::Corrupted)), "{closed:?}");
+    }
+
+    /// A fork between committing anonymous pages and `MADV_WIPEONFORK` gives the child a private
+    /// copy of zeroed pages: nothing the parent writes afterwards reaches it.
+    #[test]
+    fn a_child_forked_before_anonymous_pages_are_protected_sees_none_of_the_later_writes() {
+        const NAME: &str = "factory::injected_failures::a_child_forked_before_anonymous_pages_are_protected_sees_none_of_the_later_writes";
+        if !common::is_child(NAME) {
+            common::in_child(NAME);
+            return;
+        }
+        let mut pipe = [0; 2];
+        // SAFETY: a valid out-array of two descriptors.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        let child = std::rc::Rc::new(std::cell::Cell::new(0));
+        let in_hook = child.clone();
+        fault::on_next_commit(move |addr, len| {
+            // SAFETY: this child test process has one thread that matters; the forked process
+            // only reads its copy of the pages and leaves with _exit.
+            let pid = unsafe { libc::fork() };
+            if pid != 0 {
+                in_hook.set(pid);
+                return;
+            }
+            let mut byte = 0u8;
+            // SAFETY: reading one byte into a local from our end of the pipe.
+            let got = unsafe { libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1) };
+            // SAFETY: the committed pages are readable and writable, here as in the parent.
+            let pages = unsafe { std::slice::from_raw_parts(addr.as_ptr(), len) };
+            let code = if got != 1 {
+                2
+            } else if pages.iter().all(|&b| b == 0) {
+                0
+            } else {
+                1
+            };
+            // SAFETY: leave the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        });
+        let secret = factory(Backing::Anonymous).new(&mut [0xab; 64]).unwrap();
+        assert!(secret.with_bytes(|b| b == [0xab; 64]).unwrap());
+        let pid = child.get();
+        assert!(pid > 0, "the hook did not run");
+        // SAFETY: one byte from a local to our end of the pipe.
+        assert_eq!(unsafe { libc::write(pipe[1], [1u8].as_ptr().cast(), 1) }, 1);
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "child status {status}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "the child saw the parent's later writes (1) or got no go-ahead (2)"
+        );
     }
 
     #[test]

@@ -6,24 +6,31 @@
 //! they cost no secret-memory quota because only the data pages are mapped from the
 //! `memfd_secret` descriptor.
 //!
-//! The trailing guard catches overflows at once; an underflow that stays inside the first data
-//! page is caught by a canary: up to [`CANARY_LEN`] bytes of a per-process random pattern right
-//! before the secret, checked after every write access and on release.
+//! The trailing guard catches overflows at once. An underflow is caught by the leading guard only
+//! when it leaves the data pages; inside them, a canary covers exactly the [`CANARY_LEN`] (16)
+//! bytes right before the secret: a per-process random pattern, checked after every write access
+//! and on release. A write further before the secret, but still inside the first data page, is
+//! not noticed. Where the page leaves fewer than [`MIN_CANARY_LEN`] (8) bytes before the secret,
+//! there is no canary.
 //!
 //! The region hands out raw pointers only; turning them into slices is the caller's job, inside
 //! an access window. Dropping a region wipes its bytes, unlocks and unmaps it.
 
 use crate::access::{Gate, Mode};
 use crate::error::Error;
-use crate::sys::{self, call, PageProtection};
+use crate::factory::Backing;
+use crate::sys::{self, call, PageProtection, Shortage};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-/// The most bytes of canary placed before a secret (fewer when the data pages leave less room;
-/// none when the secret fills them, since the leading guard page then sits right before it).
+/// The most bytes of canary placed before a secret (fewer when the data pages leave less room).
 pub(crate) const CANARY_LEN: usize = 16;
+
+/// The fewest bytes worth a canary: a shorter one would be matched by chance too often (one
+/// stray byte in 256 for a single byte), so below this there is none, and none is reported.
+pub(crate) const MIN_CANARY_LEN: usize = 8;
 
 fn canary_pattern() -> &'static [u8; CANARY_LEN] {
     static PATTERN: OnceLock<[u8; CANARY_LEN]> = OnceLock::new();
@@ -93,18 +100,47 @@ fn layout(len: usize, page: usize, guard_pages: bool) -> Option<(usize, usize)> 
     (total <= isize::MAX as usize).then_some((data_len, guard_len))
 }
 
-fn is_lock_limit(error: &io::Error) -> bool {
-    #[cfg(unix)]
-    {
-        matches!(
-            error.raw_os_error(),
-            Some(libc::ENOMEM | libc::EPERM | libc::EAGAIN)
-        )
+/// Data pages from this size up are checked against the memory the process can still get
+/// before they are touched. Below it, the check would cost more than the secret.
+pub(crate) const CHECKED_SIZE: usize = 1 << 20;
+
+/// Refuses a secret that could not be held in RAM, while no page of it is touched yet: locked
+/// and secret memory cannot be swapped out, and the kernel answers a fault it cannot satisfy
+/// with the OOM killer, not an error.
+fn refuse_if_it_cannot_fit(data_len: usize) -> Result<(), Error> {
+    if data_len < CHECKED_SIZE {
+        return Ok(());
     }
-    #[cfg(not(unix))]
-    {
-        // ERROR_WORKING_SET_QUOTA (1453) and ERROR_NOT_ENOUGH_QUOTA (1816).
-        matches!(error.raw_os_error(), Some(1453 | 1816))
+    match sys::memory_available() {
+        Some(available) if u64::try_from(data_len).map_or(true, |n| n > available) => {
+            Err(Error::InsufficientMemory {
+                requested: data_len,
+                available,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The error for a refused map or lock call: the limit that ran short when one did, the call and
+/// its OS error otherwise.
+fn shortage(operation: &'static str, source: io::Error, requested: usize, memory: Memory) -> Error {
+    match sys::diagnose(&source, requested, operation == call::LOCK) {
+        Some(Shortage::LockLimit) => Error::MemoryLockLimit {
+            requested,
+            limit: sys::memlock_limit(),
+            backing: match memory {
+                Memory::SecretMem => Backing::SecretMem,
+                Memory::Anonymous => Backing::Anonymous,
+            },
+            source,
+        },
+        Some(Shortage::MapCount { in_use, limit }) => Error::MapCountLimit {
+            in_use,
+            limit,
+            source,
+        },
+        Some(Shortage::Memory) | None => Error::os(operation, source),
     }
 }
 
@@ -120,8 +156,10 @@ impl Region {
         let page = sys::page_size();
         let (data_len, guard_len) = layout(len, page, guard_pages).ok_or(Error::InvalidLength)?;
         let total_len = data_len + 2 * guard_len;
+        refuse_if_it_cannot_fit(data_len)?;
         let fork_generation = sys::fork_generation();
-        let base = sys::reserve(total_len).map_err(|e| Error::os(call::RESERVE, e))?;
+        let base =
+            sys::reserve(total_len).map_err(|e| shortage(call::RESERVE, e, data_len, memory))?;
         // SAFETY: guard_len < total_len, so the data pages start inside the reservation.
         let data = unsafe { base.add(guard_len) };
         // From here on, dropping `region` unmaps the reservation (nothing is in it to wipe yet).
@@ -158,40 +196,39 @@ impl Region {
     fn commit(&mut self, locking: Locking) -> Result<Obtained, Error> {
         let (data, data_len) = (self.data, self.data_len);
         let secretmem = self.memory == Memory::SecretMem;
-        if secretmem {
-            // SAFETY: the data pages lie inside our reservation and hold nothing yet.
-            unsafe { sys::map_secretmem(data, data_len) }.map_err(|source| {
-                if is_lock_limit(&source) {
-                    Error::MemoryLockLimit {
-                        requested: data_len,
-                        limit: sys::memlock_limit(),
-                        source,
-                    }
-                } else {
-                    Error::os(call::SECRETMEM, source)
+        let fork_protected = if secretmem {
+            // From the descriptor's birth until the mapping is kept from children, no fork may
+            // happen: a child would inherit the descriptor or the shared mapping and see every
+            // later write. Errors are only interpreted once forks are allowed again.
+            let mapped = {
+                let _no_fork = sys::ForkExclusion::hold();
+                // SAFETY: the data pages lie inside our reservation and hold nothing yet.
+                match unsafe { sys::map_secretmem(data, data_len) } {
+                    // SAFETY: just mapped pages of our reservation.
+                    Ok(()) => unsafe { sys::exclude_from_fork(data, data_len, true) }
+                        .map_err(|e| (call::EXCLUDE_SECRETMEM_FROM_FORK, e)),
+                    Err(e) => Err((call::SECRETMEM, e)),
                 }
-            })?;
-            // The kernel locks secret memory itself and excludes it from dumps.
-            self.locked = true;
+            };
+            // The kernel locks secret memory itself (charging it to RLIMIT_MEMLOCK) and
+            // excludes it from dumps.
+            mapped.map_err(|(call, e)| self.shortage(call, e))?
         } else {
             // SAFETY: the data pages lie inside our reservation and hold nothing yet.
             unsafe { sys::commit_anonymous(data, data_len) }
-                .map_err(|e| Error::os(call::COMMIT, e))?;
-            if locking != Locking::Disabled {
-                // SAFETY: committed, readable and writable pages of our reservation.
-                match unsafe { sys::lock(data, data_len) } {
-                    Ok(()) => self.locked = true,
-                    Err(source) if is_lock_limit(&source) => {
-                        if locking == Locking::Required {
-                            return Err(Error::MemoryLockLimit {
-                                requested: data_len,
-                                limit: sys::memlock_limit(),
-                                source,
-                            });
-                        }
-                    }
-                    Err(source) => return Err(Error::os(call::LOCK, source)),
-                }
+                .map_err(|e| self.shortage(call::COMMIT, e))?;
+            false
+        };
+        if secretmem {
+            self.locked = true;
+        } else if locking != Locking::Disabled {
+            // SAFETY: committed, readable and writable pages of our reservation.
+            match unsafe { sys::lock(data, data_len) } {
+                Ok(()) => self.locked = true,
+                Err(source) => match self.shortage(call::LOCK, source) {
+                    Error::MemoryLockLimit { .. } if locking == Locking::BestEffort => {}
+                    error => return Err(error),
+                },
             }
         }
         let dump_excluded = if secretmem {
@@ -201,16 +238,13 @@ impl Region {
             unsafe { sys::exclude_from_dump(data, data_len) }
                 .map_err(|e| Error::os(call::EXCLUDE_FROM_DUMP, e))?
         };
-        // SAFETY: committed pages of our reservation.
-        let fork_protected =
-            unsafe { sys::exclude_from_fork(data, data_len, secretmem) }.map_err(|e| {
-                let call = if secretmem {
-                    call::EXCLUDE_SECRETMEM_FROM_FORK
-                } else {
-                    call::EXCLUDE_ANONYMOUS_FROM_FORK
-                };
-                Error::os(call, e)
-            })?;
+        let fork_protected = if secretmem {
+            fork_protected
+        } else {
+            // SAFETY: committed pages of our reservation.
+            unsafe { sys::exclude_from_fork(data, data_len, false) }
+                .map_err(|e| Error::os(call::EXCLUDE_ANONYMOUS_FROM_FORK, e))?
+        };
         self.write_canary();
         Ok(Obtained {
             locked: self.locked,
@@ -220,10 +254,20 @@ impl Region {
         })
     }
 
+    /// The error for a refused map or lock call on the data pages.
+    fn shortage(&self, operation: &'static str, source: io::Error) -> Error {
+        shortage(operation, source, self.data_len, self.memory)
+    }
+
     /// The first byte of the secret (right-aligned against the trailing guard).
     pub(crate) fn bytes(&self) -> NonNull<u8> {
         // SAFETY: len <= data_len, so the result stays inside the data pages.
         unsafe { self.data.add(self.data_len - self.len) }
+    }
+
+    /// Whether the data pages are secret memory.
+    pub(crate) fn is_secretmem(&self) -> bool {
+        self.memory == Memory::SecretMem
     }
 
     /// The secret's length in bytes.
@@ -231,8 +275,15 @@ impl Region {
         self.len
     }
 
+    /// The canary's length: the room left before the secret in its first data page, up to
+    /// [`CANARY_LEN`], or zero when that room is under [`MIN_CANARY_LEN`].
     fn canary_len(&self) -> usize {
-        (self.data_len - self.len).min(CANARY_LEN)
+        let room = self.data_len - self.len;
+        if room < MIN_CANARY_LEN {
+            0
+        } else {
+            room.min(CANARY_LEN)
+        }
     }
 
     fn canary(&self) -> NonNull<u8> {
@@ -293,7 +344,7 @@ impl Region {
             if self.locked && self.memory == Memory::Anonymous {
                 // SAFETY: committed pages of our reservation.
                 if let Err(e) = unsafe { sys::unlock(self.data, self.data_len) } {
-                    first_error = Some(Error::os(call::UNLOCK, e));
+                    first_error.get_or_insert(Error::os(call::UNLOCK, e));
                 }
             }
         }
@@ -338,6 +389,11 @@ impl Gate for Region {
     #[inline]
     fn close(&self) -> Result<(), Error> {
         self.set_protection(PageProtection::NoAccess)
+    }
+
+    #[inline]
+    fn inherited(&self) -> bool {
+        self.in_forked_child()
     }
 }
 

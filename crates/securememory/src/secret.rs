@@ -1,6 +1,6 @@
 //! `Secret`: a region plus its access state. The public type.
 
-use crate::access::{Access, Mode};
+use crate::access::{Access, Entry, Mode};
 use crate::error::Error;
 use crate::factory::Backing;
 use crate::region::Region;
@@ -27,8 +27,12 @@ pub struct Protection {
     pub fork_protected: bool,
     /// An inaccessible guard page sits on each side of the data.
     pub guard_pages: bool,
-    /// A canary sits right before the bytes (where the page leaves room for one) and is checked
-    /// after every write access and on close, catching underflows that stay inside the page.
+    /// A canary of 8 to 16 random bytes sits right before the secret's first byte and is
+    /// checked after every write access and on close ([`Error::Corrupted`]). It covers only
+    /// those bytes: a stray write further before the secret but inside its first page goes
+    /// unnoticed. `false` when the page leaves fewer than 8 bytes before the secret (a secret of
+    /// a page size or within 8 bytes of it), where the leading guard page, if any, is the only
+    /// check.
     pub canary: bool,
     /// The pages are removed from the kernel's direct map: unreadable through `/proc/PID/mem`,
     /// `process_vm_readv` and ptrace, even by root (`memfd_secret(2)`).
@@ -44,6 +48,31 @@ pub struct Protection {
 ///
 /// Share a secret between threads with [`std::sync::Arc`]: readers on different threads overlap,
 /// and a reader that arrives while the memory is already open costs one atomic operation.
+///
+/// # Accesses to several secrets
+///
+/// A secret is a reader-writer lock: readers share it, [`with_bytes_mut`](Secret::with_bytes_mut)
+/// excludes everyone, and a waiting writer holds back readers that arrive after it, so that it
+/// is not starved (and readers that waited through a write go before the next writer, so that
+/// they are not starved either). Reads nested across secrets are safe in any order: a thread
+/// that already holds an access to another secret is let past a waiting writer. A *write*
+/// access taken while holding an access to another secret is not: two threads doing that in
+/// opposite orders (read A then write B, read B then write A; or write A then write B, and the
+/// reverse) deadlock, as with any reader-writer lock. When one thread needs write access to a
+/// secret while holding another, take the secrets in one order fixed for the whole program.
+///
+/// # Signals and forks
+///
+/// Accesses are not async-signal-safe: a signal handler that calls
+/// [`with_bytes`](Secret::with_bytes), [`with_bytes_mut`](Secret::with_bytes_mut) or
+/// [`close`](Secret::close) may deadlock on the lock held by the code it interrupted (for any
+/// secret). Copy what a handler needs beforehand, or have it only set a flag.
+///
+/// In a forked child every access fails with [`Error::Forked`] — however the child was made,
+/// even with the raw `fork` system call — and the child never sees the bytes (zeros or no
+/// mapping there). `close` and drop in a child return at once, without waiting for accesses
+/// that threads of the parent had in flight. An access from whose callback the process forked
+/// ends with `Forked` in the child; the callback must not touch the bytes after the fork there.
 ///
 /// ```
 /// use securememory::{ProtectedMemorySecretFactory, SecretFactory};
@@ -94,6 +123,11 @@ impl Drop for Entered<'_> {
     }
 }
 
+/// Whether this thread is inside an access to any secret.
+fn holds_any_access() -> bool {
+    !INNERMOST.with(Cell::get).is_null()
+}
+
 fn held_by_this_thread(access: &Access) -> Option<Mode> {
     let mut frame = INNERMOST.with(Cell::get);
     while !frame.is_null() {
@@ -134,17 +168,20 @@ impl Secret {
     /// A panic in `action` propagates after the access is released.
     #[inline]
     pub fn with_bytes<R>(&self, action: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
-        let nested = match held_by_this_thread(&self.access) {
-            None => false,
-            Some(Mode::Read) => true,
+        let entry = match held_by_this_thread(&self.access) {
+            Some(Mode::Read) => Entry::Nested,
             Some(Mode::Write) => {
                 return Err(Error::Reentrant {
                     operation: "with_bytes",
                 })
             }
+            // A writer waiting on this secret may be waiting for an access this thread holds
+            // on another one: queueing behind it could deadlock.
+            None if holds_any_access() => Entry::HoldingAnother,
+            None => Entry::Fresh,
         };
         self.refuse_in_forked_child()?;
-        let held = self.access.read(&self.region, nested)?;
+        let held = self.access.read(&self.region, entry)?;
         let frame = Frame {
             access: &self.access,
             mode: Mode::Read,
@@ -197,7 +234,9 @@ impl Secret {
             unsafe { std::slice::from_raw_parts_mut(self.region.bytes().as_ptr(), self.len()) };
         let result = action(bytes);
         drop(entered);
-        let canary_intact = self.region.canary_intact();
+        // In a child forked from inside `action` the pages are not this process's to check (and
+        // secret memory is not mapped at all); `release` then reports `Forked`.
+        let canary_intact = self.region.in_forked_child() || self.region.canary_intact();
         held.release()?;
         if !canary_intact {
             return Err(Error::Corrupted);
@@ -260,6 +299,14 @@ impl Secret {
     pub fn close(&self) -> Result<(), Error> {
         if held_by_this_thread(&self.access).is_some() {
             return Err(Error::Reentrant { operation: "close" });
+        }
+        if self.region.in_forked_child() {
+            // The reader counts and the lock may belong to threads of the parent, which do not
+            // exist here: nothing to wait for, and nothing of the parent's to wipe.
+            if self.access.close_in_forked_child() {
+                self.region.release()?;
+            }
+            return Ok(());
         }
         self.access.close(|| self.region.release())
     }
@@ -329,5 +376,75 @@ impl fmt::Debug for SecretReader<'_> {
             .field("len", &self.secret.len())
             .field("position", &self.position)
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::{ProtectedMemorySecretFactory, Secret, SecretFactory};
+    use std::sync::{mpsc, Arc, Barrier};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            thread::yield_now();
+        }
+    }
+
+    /// Thread 1 reads A then B, thread 2 reads B then A, and a writer waits on each: the nested
+    /// reads must pass the waiting writers (each writer waits for the other thread's outer read).
+    #[test]
+    fn crossed_nested_reads_of_two_secrets_pass_writers_waiting_on_both() {
+        let factory = ProtectedMemorySecretFactory::default();
+        let a: Arc<Secret> = Arc::new(factory.new(&mut [1; 8]).unwrap());
+        let b: Arc<Secret> = Arc::new(factory.new(&mut [2; 8]).unwrap());
+        let outer_held = Arc::new(Barrier::new(3));
+        let (go_tx, go_rx) = (0..2)
+            .map(|_| mpsc::channel::<()>())
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut go_rx = go_rx.into_iter();
+        for (outer, inner) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+            let (outer_held, go, done) =
+                (outer_held.clone(), go_rx.next().unwrap(), done_tx.clone());
+            thread::spawn(move || {
+                let sum = outer
+                    .with_bytes(|o| {
+                        outer_held.wait();
+                        go.recv().unwrap();
+                        inner.with_bytes(|i| o[0] + i[0]).unwrap()
+                    })
+                    .unwrap();
+                done.send(sum).unwrap();
+            });
+        }
+        outer_held.wait();
+        for secret in [&a, &b] {
+            let secret = secret.clone();
+            thread::spawn(move || secret.with_bytes_mut(|bytes| bytes[0] += 10).unwrap());
+        }
+        wait_until("both writers wait", || {
+            a.access.writer_waiting() && b.access.writer_waiting()
+        });
+        for go in &go_tx {
+            go.send(()).unwrap();
+        }
+        let mut sums: Vec<u8> = (0..2)
+            .map(|_| {
+                done_rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("crossed nested reads deadlocked behind the waiting writers")
+            })
+            .collect();
+        sums.sort_unstable();
+        // Each outer read keeps its secret's writer out until the thread is done, so at most
+        // the thread that finishes second sees one write (made after the other thread left).
+        assert!(sums == [3, 3] || sums == [3, 13], "{sums:?}");
+        wait_until("both writers are done", || {
+            a.with_bytes(|x| x[0]).unwrap() == 11 && b.with_bytes(|x| x[0]).unwrap() == 12
+        });
     }
 }

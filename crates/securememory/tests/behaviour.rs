@@ -438,3 +438,24 @@ fn a_secret_that_fills_its_pages_needs_no_canary() {
     secret.with_bytes_mut(|b| b[0] = 1).unwrap();
     secret.close().unwrap();
 }
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))] // 4 KiB pages.
+#[test]
+fn canary_is_reported_only_when_it_has_at_least_eight_bytes() {
+    let factory = ProtectedMemorySecretFactory::default();
+    for (len, canary) in [
+        (32, true),
+        (4088, true),
+        (4089, false),
+        (4095, false),
+        (8191, false),
+    ] {
+        let secret = factory.create_random(len).unwrap();
+        assert_eq!(
+            secret.protection().canary,
+            canary,
+            "a {len}-byte secret leaves {} bytes before it in its first page",
+            (4096 - len % 4096) % 4096
+        );
+    }
+}

@@ -275,3 +275,45 @@ fn a_waiting_writer_is_not_starved_by_overlapping_readers() {
         }
     });
 }
+
+#[test]
+fn a_reader_is_not_starved_by_continuous_writers() {
+    for backing in backings() {
+        let secret = secret_of(backing, &[0; 8]);
+        common::within(common::DEADLINE, move || {
+            let stop = Arc::new(AtomicBool::new(false));
+            let writes = Arc::new(AtomicUsize::new(0));
+            let start = Arc::new(Barrier::new(4));
+            let writers: Vec<_> = (0..3)
+                .map(|_| {
+                    let secret = Arc::clone(&secret);
+                    let stop = Arc::clone(&stop);
+                    let writes = Arc::clone(&writes);
+                    let start = Arc::clone(&start);
+                    thread::spawn(move || {
+                        start.wait();
+                        while !stop.load(Ordering::Relaxed) {
+                            secret
+                                .with_bytes_mut(|b| b[0] = b[0].wrapping_add(1))
+                                .unwrap();
+                            writes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            start.wait();
+            // Read only once the writers are going, so that every read competes with them.
+            while writes.load(Ordering::Relaxed) < 30 {
+                thread::yield_now();
+            }
+            // Without fairness a single read here waited seconds behind the writers.
+            for _ in 0..300 {
+                secret.with_bytes(|b| std::hint::black_box(b[0])).unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+            for writer in writers {
+                writer.join().unwrap();
+            }
+        });
+    }
+}

@@ -273,3 +273,321 @@ fn dropping_in_a_forked_child_spares_what_the_child_mapped_in_the_hole() {
         "parent unaffected"
     );
 }
+
+/// Whether this kernel offers `memfd_secret(2)`, asked without going through the library (whose
+/// answer is what some tests check).
+fn kernel_offers_secret_memory() -> bool {
+    // SAFETY: memfd_secret takes one flags argument and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the descriptor was just made and is ours.
+    unsafe { libc::close(fd as libc::c_int) };
+    true
+}
+
+fn skip_without_secret_memory() -> bool {
+    if kernel_offers_secret_memory() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "memfd_secret missing in CI"
+    );
+    println!("skipped: memfd_secret unavailable");
+    true
+}
+
+#[test]
+fn running_out_of_descriptors_is_reported_as_such_and_not_remembered() {
+    const NAME: &str = "running_out_of_descriptors_is_reported_as_such_and_not_remembered";
+    if !common::is_child(NAME) {
+        common::in_child(NAME);
+        return;
+    }
+    if skip_without_secret_memory() {
+        return;
+    }
+    let secret_memory = ProtectedMemorySecretFactory::builder()
+        .backing(Backing::SecretMem)
+        .build();
+    let auto = ProtectedMemorySecretFactory::default();
+    // Use up every descriptor the process may open.
+    let mut open = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => open.push(file),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+            Err(e) => panic!("opening /dev/null: {e}"),
+        }
+        assert!(open.len() < 1 << 20, "no descriptor limit");
+    }
+    for (factory, name) in [(&secret_memory, "SecretMem"), (&auto, "Auto")] {
+        let error = factory.create_random(32).unwrap_err();
+        let message = error.to_string();
+        match &error {
+            Error::Os { operation, source } => {
+                assert!(operation.contains("memfd_secret"), "{name}: {message}");
+                assert_eq!(
+                    source.raw_os_error(),
+                    Some(libc::EMFILE),
+                    "{name}: {message}"
+                );
+            }
+            other => panic!("{name}: expected the EMFILE as itself, got {other:?}: {message}"),
+        }
+        for needle in ["RLIMIT_NOFILE", "ulimit -n"] {
+            assert!(
+                message.contains(needle),
+                "{name}: {needle:?} missing: {message}"
+            );
+        }
+    }
+    drop(open);
+    // The shortage was not taken for the kernel's answer: secret memory is there again.
+    let secret = auto.create_random(32).unwrap();
+    assert_eq!(secret.protection().backing, Backing::SecretMem);
+    assert!(secret.protection().kernel_invisible);
+    secret_memory.create_random(32).unwrap();
+}
+
+fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn running_out_of_mappings_is_reported_as_the_mapping_limit() {
+    const NAME: &str = "running_out_of_mappings_is_reported_as_the_mapping_limit";
+    if !common::is_child(NAME) {
+        common::in_child(NAME);
+        return;
+    }
+    // Bring the process to vm.max_map_count: a large inaccessible reservation, every other page
+    // made readable so that no two neighbours merge, until the kernel refuses.
+    let limit = max_map_count();
+    let pages = 2 * limit + 16;
+    // SAFETY: a fresh reservation that aliases nothing; it is never touched.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            pages * PAGE,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let page = |i: usize| {
+        base.cast::<u8>()
+            .wrapping_add(i * PAGE)
+            .cast::<libc::c_void>()
+    };
+    let mut split = Vec::new();
+    for i in (1..pages - 1).step_by(2) {
+        // SAFETY: a page of our own reservation.
+        if unsafe { libc::mprotect(page(i), PAGE, libc::PROT_READ) } != 0 {
+            break;
+        }
+        split.push(i);
+    }
+    assert!(split.len() < pages / 2 - 1, "never reached the limit");
+    for backing in [Backing::Auto, Backing::Anonymous] {
+        // Leave room for a few mappings, so that the library runs out of its own accord.
+        for i in split.drain(split.len() - 3..) {
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::mprotect(page(i), PAGE, libc::PROT_NONE) }, 0);
+        }
+        let factory = ProtectedMemorySecretFactory::builder()
+            .backing(backing)
+            .build();
+        let mut held = Vec::new();
+        let error = loop {
+            match factory.create_random(32) {
+                Ok(secret) => held.push(secret),
+                Err(error) => break error,
+            }
+            assert!(
+                held.len() < 100,
+                "{backing:?}: the mapping limit never came"
+            );
+        };
+        let message = error.to_string();
+        match &error {
+            Error::MapCountLimit {
+                limit: reported, ..
+            } => assert_eq!(*reported, limit, "{message}"),
+            other => panic!("{backing:?}: expected MapCountLimit, got {other:?}: {message}"),
+        }
+        assert!(message.contains("vm.max_map_count"), "{message}");
+        assert!(!message.contains("RLIMIT_MEMLOCK"), "{message}");
+        drop(held);
+    }
+}
+
+fn mem_available() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[test]
+fn a_secret_larger_than_available_memory_is_refused_before_it_is_touched() {
+    const NAME: &str = "a_secret_larger_than_available_memory_is_refused_before_it_is_touched";
+    if !common::is_child(NAME) {
+        common::in_child(NAME);
+        return;
+    }
+    let len = usize::try_from(mem_available() + (1 << 30)).unwrap();
+    for backing in [Backing::Auto, Backing::Anonymous] {
+        let factory = ProtectedMemorySecretFactory::builder()
+            .backing(backing)
+            .build();
+        let error = factory.create_random(len).unwrap_err();
+        match &error {
+            Error::InsufficientMemory {
+                requested,
+                available,
+            } => {
+                assert!(*requested >= len);
+                assert!(*available < len as u64);
+            }
+            other => panic!("{backing:?}: expected InsufficientMemory, got {other:?}"),
+        }
+        assert!(error.to_string().contains("MemAvailable"), "{error}");
+    }
+}
+
+/// The directory of a memory cgroup (v1 or v2) of this process's own, for a child test to move
+/// into; `None` where none can be made (no permission, no memory controller).
+fn memory_cgroup_for(test_pid: u32) -> Option<(std::path::PathBuf, &'static str)> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let (mount, limit_file) = if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else {
+            continue;
+        };
+        let parent = std::path::Path::new(mount).join(path.trim_start_matches('/'));
+        if !parent.join(limit_file).exists() {
+            continue;
+        }
+        return Some((
+            parent.join(format!("securememory-test-{test_pid}")),
+            limit_file,
+        ));
+    }
+    None
+}
+
+#[test]
+fn a_secret_larger_than_its_memory_cgroup_allows_is_refused_before_it_is_touched() {
+    const NAME: &str =
+        "a_secret_larger_than_its_memory_cgroup_allows_is_refused_before_it_is_touched";
+    const LIMIT: u64 = 256 << 20;
+    if !common::is_child(NAME) {
+        let Some((dir, limit_file)) = memory_cgroup_for(std::process::id()) else {
+            println!("skipped: no memory cgroup to make a child in");
+            return;
+        };
+        if std::fs::create_dir(&dir)
+            .and_then(|()| std::fs::write(dir.join(limit_file), LIMIT.to_string()))
+            .is_err()
+        {
+            let _ = std::fs::remove_dir(&dir);
+            println!("skipped: cannot make a memory cgroup with a limit at {dir:?}");
+            return;
+        }
+        let result = std::panic::catch_unwind(|| common::in_child(NAME));
+        std::fs::remove_dir(&dir).unwrap();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+        return;
+    }
+    let parent_pid = std::os::unix::process::parent_id();
+    let (dir, _) = memory_cgroup_for(parent_pid).unwrap();
+    let dir = dir.parent().unwrap().to_path_buf();
+    let dir = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|p| p.ends_with(format!("securememory-test-{parent_pid}")))
+        .unwrap();
+    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+    for backing in [Backing::Auto, Backing::Anonymous] {
+        let factory = ProtectedMemorySecretFactory::builder()
+            .backing(backing)
+            .build();
+        let error = factory.create_random(1 << 30).unwrap_err();
+        match &error {
+            Error::InsufficientMemory { available, .. } => {
+                assert!(*available <= LIMIT, "{available} > the cgroup's limit")
+            }
+            other => panic!("{backing:?}: expected InsufficientMemory, got {other:?}"),
+        }
+        // A secret that fits is still made.
+        let secret = factory.create_random(2 << 20).unwrap();
+        assert!(secret.with_bytes(|b| b.len()).unwrap() == 2 << 20);
+    }
+}
+
+/// Collects what the library logs, for tests that check a warning is given.
+struct Captured;
+
+static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+impl log::Log for Captured {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            LOGGED.lock().unwrap().push(record.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn giving_up_secret_memory_with_mlock_disabled_is_logged() {
+    const NAME: &str = "giving_up_secret_memory_with_mlock_disabled_is_logged";
+    if !common::is_child(NAME) {
+        common::in_child(NAME);
+        return;
+    }
+    if skip_without_secret_memory() {
+        return;
+    }
+    log::set_logger(&Captured).unwrap();
+    log::set_max_level(log::LevelFilter::Warn);
+    limit_memory_locking();
+    let factory = ProtectedMemorySecretFactory::builder()
+        .mlock(MlockPolicy::Disabled)
+        .build();
+    let secrets: Vec<_> = (0..40)
+        .map(|_| factory.create_random(32).unwrap())
+        .collect();
+    let last = secrets.last().unwrap().protection();
+    assert_eq!(last.backing, Backing::Anonymous, "the limit never came");
+    assert!(!last.kernel_invisible);
+    let logged = LOGGED.lock().unwrap();
+    assert_eq!(logged.len(), 1, "one warning per factory: {logged:?}");
+    assert!(
+        logged[0].contains("no longer hidden from the kernel")
+            && logged[0].contains("RLIMIT_MEMLOCK"),
+        "{logged:?}"
+    );
+}

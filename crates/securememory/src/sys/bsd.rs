@@ -20,14 +20,14 @@
 //! reports `Ok(true)`, trusting that its range came from [`reserve`] (the contract of
 //! [`super::exclude_from_dump`]).
 //!
-//! There is no `memfd_secret(2)` here: [`secretmem_available`] is `false` and [`map_secretmem`]
+//! There is no `memfd_secret(2)` here: [`secretmem_support`] says unavailable and [`map_secretmem`]
 //! fails with `ENOSYS`.
 
-use super::unix;
 pub(super) use super::unix::{
     commit_anonymous, disable_core_dumps, fork_generation, memlock_limit, mlock as lock,
     mprotect as protect, munlock as unlock, munmap as release, page_size,
 };
+use super::{unix, SecretMemSupport};
 use std::io;
 use std::ptr::NonNull;
 
@@ -219,16 +219,16 @@ pub(super) unsafe fn exclude_from_fork(
     }
 }
 
-/// `memfd_secret(2)`—Linux only: always `false` here.
+/// `memfd_secret(2)`—Linux only: always unavailable here (`ENOSYS`).
 ///
 /// # References
 /// - [Linux](https://man7.org/linux/man-pages/man2/memfd_secret.2.html)
-pub(super) fn secretmem_available() -> bool {
-    false
+pub(super) fn secretmem_support() -> SecretMemSupport {
+    SecretMemSupport::Unavailable(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 
 /// `memfd_secret(2)`—Linux only: always fails with `ENOSYS` (kind
-/// [`Unsupported`](io::ErrorKind::Unsupported)); callers check [`secretmem_available`] first.
+/// [`Unsupported`](io::ErrorKind::Unsupported)); callers check [`secretmem_support`] first.
 ///
 /// # Safety
 /// See [`super::map_secretmem`]; nothing is touched.

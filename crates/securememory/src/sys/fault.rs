@@ -9,6 +9,22 @@ use std::ptr::NonNull;
 thread_local! {
     static PLANNED: RefCell<Vec<(Op, i32)>> = const { RefCell::new(Vec::new()) };
     static RESERVED: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+    static AFTER_COMMIT: RefCell<Option<CommitHook>> = const { RefCell::new(None) };
+}
+
+type CommitHook = Box<dyn FnOnce(NonNull<u8>, usize)>;
+
+/// Runs `hook` with the data pages right after the next anonymous commit on this thread, before
+/// anything else is done to them.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn on_next_commit(hook: impl FnOnce(NonNull<u8>, usize) + 'static) {
+    AFTER_COMMIT.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+}
+
+pub(crate) fn after_commit(addr: NonNull<u8>, len: usize) {
+    if let Some(hook) = AFTER_COMMIT.with(|h| h.borrow_mut().take()) {
+        hook(addr, len);
+    }
 }
 
 /// Makes the next call of `op` on this thread fail with the OS error `errno`.

@@ -1,13 +1,19 @@
 //! Linux: `memfd_secret(2)` and the `madvise(2)` flags that keep memory out of dumps and forks.
 
-use super::unix;
+mod fork;
+mod resources;
+
 pub(super) use super::unix::{
-    commit_anonymous, disable_core_dumps, fork_generation, memlock_limit, mprotect as protect,
-    munmap as release, page_size,
+    commit_anonymous, disable_core_dumps, memlock_limit, mprotect as protect, munmap as release,
+    page_size,
 };
+use super::{unix, SecretMemSupport};
+pub(super) use fork::epoch as fork_generation;
+pub(crate) use fork::ForkExclusion;
+pub(super) use resources::{diagnose, memory_available};
 use std::io;
 use std::ptr::NonNull;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The calls behind each operation, for error messages.
 pub(crate) mod call {
@@ -132,24 +138,47 @@ impl Drop for OwnedFd {
     }
 }
 
-/// Probes `memfd_secret(2)` once: ENOSYS (before Linux 5.14) and ENOSYS/EPERM-like refusals
-/// (`secretmem.enable=0`, seccomp) mean the caller falls back to anonymous memory.
-pub(super) fn secretmem_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| match memfd_secret() {
-        Ok(fd) => {
-            drop(OwnedFd(fd));
-            true
+/// Whether `memfd_secret(2)` can be had. A permanent refusal is remembered: ENOSYS (before Linux
+/// 5.14, or `secretmem.enable=0`), EPERM/EACCES (a seccomp filter or security policy), EINVAL.
+/// Anything else (EMFILE, ENFILE, ENOMEM) says only that this moment is bad: it is returned and
+/// the next call asks again.
+pub(super) fn secretmem_support() -> SecretMemSupport {
+    /// 0: not known yet; -1: available; an errno: permanently refused with it.
+    static ANSWER: AtomicI32 = AtomicI32::new(0);
+    match ANSWER.load(Ordering::Relaxed) {
+        -1 => return SecretMemSupport::Available,
+        0 => {}
+        errno => return SecretMemSupport::Unavailable(io::Error::from_raw_os_error(errno)),
+    }
+    // The probe's descriptor is empty, but a child has no business with it either.
+    let probed = {
+        let _no_fork = ForkExclusion::hold();
+        memfd_secret().map(OwnedFd)
+    };
+    match probed {
+        Ok(_fd) => {
+            ANSWER.store(-1, Ordering::Relaxed);
+            SecretMemSupport::Available
         }
-        Err(error) => {
-            log::debug!("memfd_secret unavailable: {error}");
-            false
-        }
-    })
+        Err(error) => match error.raw_os_error() {
+            Some(
+                errno @ (libc::ENOSYS
+                | libc::EPERM
+                | libc::EACCES
+                | libc::EINVAL
+                | libc::EOPNOTSUPP),
+            ) => {
+                ANSWER.store(errno, Ordering::Relaxed);
+                SecretMemSupport::Unavailable(error)
+            }
+            _ => SecretMemSupport::Failed(error),
+        },
+    }
 }
 
 /// `memfd_secret` + `ftruncate` + `mmap(MAP_SHARED | MAP_FIXED)` over the range, then `close`:
-/// the mapping keeps the memory alive, and no descriptor is left for a child to inherit.
+/// the mapping keeps the memory alive, and no descriptor is left for a child to inherit. The
+/// caller holds a [`ForkExclusion`] from before this call until `MADV_DONTFORK` is applied.
 ///
 /// The kernel charges the pages against `RLIMIT_MEMLOCK` here (EAGAIN when over it) and marks
 /// the mapping locked (`lo`) and excluded from dumps (`dd`) itself; `mlock` on it fails with

@@ -62,6 +62,7 @@ pub(crate) enum Op {
     MapSecretMem,
     Protect,
     Lock,
+    Unlock,
     ExcludeFromDump,
     ExcludeFromFork,
     Random,
@@ -104,12 +105,92 @@ pub(crate) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
 pub(crate) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     inject!(Commit);
     // SAFETY: forwarded from the caller.
-    unsafe { os::commit_anonymous(addr, len) }
+    unsafe { os::commit_anonymous(addr, len) }?;
+    #[cfg(test)]
+    fault::after_commit(addr, len);
+    Ok(())
 }
 
-/// Whether this kernel offers `memfd_secret(2)` to this process (probed once).
-pub(crate) fn secretmem_available() -> bool {
-    os::secretmem_available()
+/// Whether secret memory (`memfd_secret(2)`) can be had.
+#[derive(Debug)]
+pub(crate) enum SecretMemSupport {
+    Available,
+    /// Refused for good (no such call, or forbidden); the answer is remembered.
+    Unavailable(io::Error),
+    /// Refused for now (descriptors or memory exhausted); the next call asks again.
+    Failed(io::Error),
+}
+
+/// Whether this kernel offers `memfd_secret(2)` to this process.
+pub(crate) fn secretmem_support() -> SecretMemSupport {
+    os::secretmem_support()
+}
+
+/// Keeps `fork(3)` from running while held, so that a descriptor or shared mapping being set up
+/// is never inherited half-protected. Hold it from before `memfd_secret(2)` until the mapping is
+/// excluded from fork; nothing that locks, allocates or logs may run meanwhile.
+#[cfg(target_os = "linux")]
+pub(crate) use os::ForkExclusion;
+
+/// Without secret memory there is nothing a fork could inherit half-protected: this holds nothing.
+#[cfg(not(target_os = "linux"))]
+pub(crate) struct ForkExclusion(());
+
+#[cfg(not(target_os = "linux"))]
+impl ForkExclusion {
+    pub(crate) fn hold() -> ForkExclusion {
+        ForkExclusion(())
+    }
+}
+
+/// What ran short when the OS refused to map or lock memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shortage {
+    /// The locked-memory limit (`RLIMIT_MEMLOCK`, the Windows working-set quota).
+    LockLimit,
+    /// The per-process limit on mappings (`vm.max_map_count`).
+    MapCount { in_use: usize, limit: usize },
+    /// Memory itself.
+    Memory,
+}
+
+/// Which limit made `error` happen when `requested` bytes were mapped or (`locking`) locked;
+/// `None` when the error is not a shortage. On Linux this reads the process's standing from
+/// `/proc`; elsewhere it goes by the error code alone.
+pub(crate) fn diagnose(error: &io::Error, requested: usize, locking: bool) -> Option<Shortage> {
+    #[cfg(target_os = "linux")]
+    {
+        os::diagnose(error, requested, locking)
+    }
+    #[cfg(all(unix, not(target_os = "linux")))]
+    {
+        let _ = requested;
+        let lock_limit = matches!(
+            error.raw_os_error(),
+            Some(libc::ENOMEM | libc::EPERM | libc::EAGAIN)
+        );
+        (locking && lock_limit).then_some(Shortage::LockLimit)
+    }
+    #[cfg(windows)]
+    {
+        let _ = requested;
+        // ERROR_WORKING_SET_QUOTA (1453) and ERROR_NOT_ENOUGH_QUOTA (1816).
+        let quota = matches!(error.raw_os_error(), Some(1453 | 1816));
+        (locking && quota).then_some(Shortage::LockLimit)
+    }
+}
+
+/// Bytes of memory this process can still get (the system's available memory, bounded by its
+/// memory cgroup), where the OS says; `None` where it does not.
+pub(crate) fn memory_available() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        os::memory_available()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 
 /// Backs `[addr, addr + len)` inside a reservation with secret memory (`memfd_secret(2)`),
@@ -154,6 +235,7 @@ pub(crate) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 /// # Safety
 /// The range must be committed pages of a live reservation.
 pub(crate) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    inject!(Unlock);
     // SAFETY: forwarded from the caller.
     unsafe { os::unlock(addr, len) }
 }
@@ -214,9 +296,11 @@ pub(crate) fn disable_core_dumps() -> io::Result<()> {
     os::disable_core_dumps()
 }
 
-/// A number that changes in a child process each time the process forks.
+/// A number that differs in a forked child from its parent's. On Linux it changes however the
+/// child was made (a `MADV_WIPEONFORK` witness page); elsewhere it counts forks seen by
+/// `pthread_atfork`.
 ///
-/// The first call installs the fork handler, so call it before anything worth protecting
+/// The first call installs the fork handlers, so call it before anything worth protecting
 /// exists.
 pub(crate) fn fork_generation() -> u64 {
     os::fork_generation()

@@ -3,7 +3,9 @@
 use super::PageProtection;
 use std::io;
 use std::ptr::NonNull;
+#[cfg(not(target_os = "linux"))]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(target_os = "linux"))]
 use std::sync::Once;
 
 /// `sysconf(_SC_PAGESIZE)`—The size of a page.
@@ -180,8 +182,10 @@ pub(super) fn disable_core_dumps() -> io::Result<()> {
     check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &limit) })
 }
 
+#[cfg(not(target_os = "linux"))] // Linux also recognises raw forks (linux/fork.rs).
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
+#[cfg(not(target_os = "linux"))]
 extern "C" fn on_fork_in_child() {
     // Relaxed: the child has one thread at this point; later loads on it see the store.
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
@@ -191,6 +195,7 @@ extern "C" fn on_fork_in_child() {
 ///
 /// # References
 /// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/pthread_atfork.html)
+#[cfg(not(target_os = "linux"))]
 pub(super) fn fork_generation() -> u64 {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {

@@ -5,7 +5,7 @@
 //! working set, which [`lock`] raises when it runs out. Windows has no fork, no per-range
 //! exclusion from crash dumps, no `RLIMIT_CORE` and no secret memory.
 
-use super::PageProtection;
+use super::{PageProtection, SecretMemSupport};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::Mutex;
@@ -240,16 +240,16 @@ pub(super) unsafe fn exclude_from_fork(
     Ok(true)
 }
 
-/// `memfd_secret(2)`—Linux only: always `false` here.
+/// `memfd_secret(2)`—Linux only: always unavailable here.
 ///
 /// # References
 /// - [Linux](https://man7.org/linux/man-pages/man2/memfd_secret.2.html)
-pub(super) fn secretmem_available() -> bool {
-    false
+pub(super) fn secretmem_support() -> SecretMemSupport {
+    SecretMemSupport::Unavailable(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 /// `memfd_secret(2)`—Linux only: always fails with [`io::ErrorKind::Unsupported`]; callers
-/// check [`secretmem_available`] first.
+/// check [`secretmem_support`] first.
 ///
 /// # Safety
 /// See [`super::map_secretmem`]; nothing is touched.

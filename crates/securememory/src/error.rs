@@ -170,7 +170,7 @@ impl fmt::Display for OsRemedy<'_> {
         }
         #[cfg(not(unix))]
         {
-            let _ = f;
+            let _ = (f, self.0);
             Ok(())
         }
     }

@@ -113,6 +113,7 @@ pub(crate) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Resu
 
 /// Whether secret memory (`memfd_secret(2)`) can be had.
 #[derive(Debug)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // Only Linux has secret memory.
 pub(crate) enum SecretMemSupport {
     Available,
     /// Refused for good (no such call, or forbidden); the answer is remembered.
@@ -145,6 +146,7 @@ impl ForkExclusion {
 
 /// What ran short when the OS refused to map or lock memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // Only Linux tells them apart.
 pub(crate) enum Shortage {
     /// The locked-memory limit (`RLIMIT_MEMLOCK`, the Windows working-set quota).
     LockLimit,

@@ -1,59 +1,75 @@
-//! The few synchronisation primitives `access` needs, from `parking_lot` in normal builds and
-//! from `loom` when the protocol is model-checked (`RUSTFLAGS="--cfg loom"`).
+//! The few synchronisation primitives `access` needs: the standard library's in normal builds
+//! (futex-based on Linux), `loom`'s when the protocol is model-checked
+//! (`RUSTFLAGS="--cfg loom"`), behind one small interface so that `access` reads the same in both.
+//!
+//! Poisoning is ignored: the mutex guards counters that every holder leaves consistent before
+//! anything that can panic (callbacks run outside it), so a panic elsewhere leaves nothing torn.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync as base;
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync as base;
 
-#[cfg(not(loom))]
-mod imp {
-    pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard};
-}
+pub(crate) use base::atomic::{AtomicUsize, Ordering};
 
-#[cfg(loom)]
-mod imp {
-    use std::ops::{Deref, DerefMut};
+use std::ops::{Deref, DerefMut};
+use std::sync::PoisonError;
 
-    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
-    pub(crate) struct MutexGuard<'a, T>(Option<loom::sync::MutexGuard<'a, T>>);
-    pub(crate) struct Condvar(loom::sync::Condvar);
+pub(crate) struct Mutex<T>(base::Mutex<T>);
 
-    impl<T> Mutex<T> {
-        pub(crate) fn new(value: T) -> Self {
-            Mutex(loom::sync::Mutex::new(value))
-        }
-        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            MutexGuard(Some(self.0.lock().unwrap()))
-        }
+/// A held [`Mutex`]. The inner guard is only ever absent while [`Condvar::wait`] has handed it
+/// to the condition variable.
+pub(crate) struct MutexGuard<'a, T>(Option<base::MutexGuard<'a, T>>);
+
+pub(crate) struct Condvar(base::Condvar);
+
+impl<T> Mutex<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Mutex(base::Mutex::new(value))
     }
 
-    impl<T> Deref for MutexGuard<'_, T> {
-        type Target = T;
-        fn deref(&self) -> &T {
-            self.0.as_ref().unwrap()
-        }
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        MutexGuard(Some(self.0.lock().unwrap_or_else(PoisonError::into_inner)))
     }
 
-    impl<T> DerefMut for MutexGuard<'_, T> {
-        fn deref_mut(&mut self) -> &mut T {
-            self.0.as_mut().unwrap()
-        }
-    }
-
-    impl Condvar {
-        pub(crate) fn new() -> Self {
-            Condvar(loom::sync::Condvar::new())
-        }
-        pub(crate) fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
-            let inner = guard.0.take().unwrap();
-            guard.0 = Some(self.0.wait(inner).unwrap());
-        }
-        pub(crate) fn notify_all(&self) -> usize {
-            self.0.notify_all();
-            0
+    /// The guard when the mutex is free right now.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        match self.0.try_lock() {
+            Ok(guard) => Some(MutexGuard(Some(guard))),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                Some(MutexGuard(Some(poisoned.into_inner())))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
 }
 
-pub(crate) use imp::{Condvar, Mutex, MutexGuard};
+impl<T> Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("guard present outside Condvar::wait")
+    }
+}
+
+impl<T> DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("guard present outside Condvar::wait")
+    }
+}
+
+impl Condvar {
+    pub(crate) fn new() -> Self {
+        Condvar(base::Condvar::new())
+    }
+
+    /// Releases `guard`'s mutex, sleeps until notified (or spuriously), and takes it again.
+    pub(crate) fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
+        let inner = guard.0.take().expect("guard present outside Condvar::wait");
+        guard.0 = Some(self.0.wait(inner).unwrap_or_else(PoisonError::into_inner));
+    }
+
+    pub(crate) fn notify_all(&self) {
+        self.0.notify_all();
+    }
+}

@@ -101,16 +101,27 @@ fn fresh_epoch() -> u64 {
 /// the child was made. The first call installs the fork handlers.
 #[inline]
 pub(crate) fn epoch() -> u64 {
-    INSTALL.call_once(install);
-    let witness = WITNESS.load(Ordering::Relaxed);
+    // Acquire pairs with the Release that published the page in `install`.
+    let witness = WITNESS.load(Ordering::Acquire);
     if witness.is_null() {
-        return ATFORK_CHILDREN.load(Ordering::Relaxed);
+        return epoch_without_witness();
     }
     // SAFETY: the witness page is mapped for the life of the process (and of its children).
     let witness = unsafe { &*witness };
     match witness.load(Ordering::Relaxed) {
         0 => rearm(witness),
         epoch => epoch,
+    }
+}
+
+/// Before the handlers are installed, or where the kernel has no `MADV_WIPEONFORK`.
+#[cold]
+fn epoch_without_witness() -> u64 {
+    INSTALL.call_once(install);
+    if WITNESS.load(Ordering::Acquire).is_null() {
+        ATFORK_CHILDREN.load(Ordering::Relaxed)
+    } else {
+        epoch()
     }
 }
 

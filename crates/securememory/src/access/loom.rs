@@ -1,0 +1,251 @@
+//! Model checks of the protocol: `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
+//! (Paths to the `loom` crate start with `::`: this module has the same name.)
+use super::*;
+use ::loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use ::loom::sync::Arc;
+use ::loom::thread;
+
+/// A gate that asserts the protocol's invariants as the memory opens and closes: no one
+/// reads closed memory, no one writes outside a write, and nothing is touched after teardown.
+#[derive(Default)]
+struct CheckingGate {
+    /// 0 closed, 1 open for reading, 2 open for writing, 3 torn down.
+    protection: AtomicUsize,
+}
+
+impl Gate for CheckingGate {
+    fn open(&self, mode: Mode) -> Result<(), Error> {
+        let previous = self.protection.swap(
+            match mode {
+                Mode::Read => 1,
+                Mode::Write => 2,
+            },
+            SeqCst,
+        );
+        // A writer may take over memory left open for reading with no reader inside (handed
+        // over to a reader queued behind the writer); a reader never reopens open memory.
+        let allowed = match mode {
+            Mode::Read => previous == 0,
+            Mode::Write => previous <= 1,
+        };
+        assert!(allowed, "opened memory for {mode:?} in state {previous}");
+        Ok(())
+    }
+    fn close(&self) -> Result<(), Error> {
+        let previous = self.protection.swap(0, SeqCst);
+        assert!(
+            previous == 1 || previous == 2,
+            "closed memory that was not open"
+        );
+        Ok(())
+    }
+}
+
+impl CheckingGate {
+    fn assert_readable(&self) {
+        let p = self.protection.load(SeqCst);
+        assert!(p == 1 || p == 2, "a reader ran on closed memory");
+    }
+    fn assert_writable(&self) {
+        assert_eq!(
+            self.protection.load(SeqCst),
+            2,
+            "a writer ran without write access"
+        );
+    }
+    /// Teardown may find the memory open for reading (handed over to a reader that then
+    /// found the secret closed); a reader still inside would fail `assert_readable`.
+    fn teardown(&self) -> Result<(), Error> {
+        let previous = self.protection.swap(3, SeqCst);
+        assert!(previous < 2, "teardown during a write or twice: {previous}");
+        Ok(())
+    }
+}
+
+struct Shared {
+    access: Access,
+    gate: CheckingGate,
+}
+
+fn shared() -> Arc<Shared> {
+    Arc::new(Shared {
+        access: Access::new(),
+        gate: CheckingGate::default(),
+    })
+}
+
+fn read(s: &Shared) -> bool {
+    read_as(s, Entry::Fresh)
+}
+
+fn read_as(s: &Shared, entry: Entry) -> bool {
+    match s.access.read(&s.gate, entry) {
+        Ok(held) => {
+            s.gate.assert_readable();
+            held.release().unwrap();
+            true
+        }
+        Err(Error::Closed) => false,
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
+fn write(s: &Shared) {
+    let held = s.access.write(&s.gate).unwrap();
+    s.gate.assert_writable();
+    held.release().unwrap();
+}
+
+/// Everything left as at the start: memory closed, no one counted or registered.
+fn assert_idle(s: &Shared) {
+    assert_eq!(s.gate.protection.load(SeqCst), 0, "memory left open");
+    assert_eq!(s.access.state(), 0);
+    let waiting = s.access.slow.lock();
+    assert_eq!(
+        (waiting.writers, waiting.queued, waiting.overdue),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn loom_two_readers_open_once_and_close_last() {
+    ::loom::model(|| {
+        let s = shared();
+        let t = {
+            let s = s.clone();
+            thread::spawn(move || assert!(read(&s)))
+        };
+        assert!(read(&s));
+        t.join().unwrap();
+        assert_eq!(s.gate.protection.load(SeqCst), 0, "memory left open");
+        assert_eq!(s.access.state(), 0);
+    });
+}
+
+#[test]
+fn loom_reader_racing_close_never_reads_torn_down_memory() {
+    ::loom::model(|| {
+        let s = shared();
+        let t = {
+            let s = s.clone();
+            thread::spawn(move || {
+                read(&s);
+            })
+        };
+        s.access.close(|| s.gate.teardown()).unwrap();
+        t.join().unwrap();
+        assert_eq!(s.gate.protection.load(SeqCst), 3);
+    });
+}
+
+#[test]
+fn loom_reader_arriving_after_close_started_is_refused_even_while_memory_is_open() {
+    ::loom::model(|| {
+        let s = shared();
+        let (inside_tx, inside_rx) = ::loom::sync::mpsc::channel();
+        let holder = {
+            let s = s.clone();
+            thread::spawn(move || {
+                let held = s.access.read(&s.gate, Entry::Fresh).unwrap();
+                inside_tx.send(()).unwrap();
+                held.release().unwrap();
+            })
+        };
+        inside_rx.recv().unwrap();
+        let late = {
+            let s = s.clone();
+            thread::spawn(move || {
+                let closed_before = s.access.is_closed();
+                let entered = read(&s);
+                assert!(!(closed_before && entered), "joined after close started");
+            })
+        };
+        s.access.close(|| s.gate.teardown()).unwrap();
+        holder.join().unwrap();
+        late.join().unwrap();
+    });
+}
+
+#[test]
+fn loom_readers_handing_over_to_each_other_and_a_writer_leave_memory_closed() {
+    ::loom::model(|| {
+        let s = shared();
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let s = s.clone();
+                thread::spawn(move || assert!(read(&s)))
+            })
+            .collect();
+        write(&s);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_idle(&s);
+    });
+}
+
+#[test]
+fn loom_writer_excludes_reader() {
+    ::loom::model(|| {
+        let s = shared();
+        let t = {
+            let s = s.clone();
+            thread::spawn(move || assert!(read(&s)))
+        };
+        write(&s);
+        t.join().unwrap();
+        assert_idle(&s);
+    });
+}
+
+#[test]
+fn loom_reader_between_two_writers_gets_in() {
+    // Every interleaving ends (loom reports a thread left waiting as a deadlock): no wake-up
+    // is lost between a write ending, the reader turning overdue and the next writer.
+    ::loom::model(|| {
+        let s = shared();
+        let reader = {
+            let s = s.clone();
+            thread::spawn(move || assert!(read(&s)))
+        };
+        let writer = {
+            let s = s.clone();
+            thread::spawn(move || write(&s))
+        };
+        write(&s);
+        reader.join().unwrap();
+        writer.join().unwrap();
+        assert_idle(&s);
+    });
+}
+
+#[test]
+fn loom_reader_holding_another_access_racing_a_writer() {
+    ::loom::model(|| {
+        let s = shared();
+        let t = {
+            let s = s.clone();
+            thread::spawn(move || assert!(read_as(&s, Entry::HoldingAnother)))
+        };
+        write(&s);
+        t.join().unwrap();
+        assert_idle(&s);
+    });
+}
+
+#[test]
+fn loom_concurrent_closers_both_return_after_teardown() {
+    ::loom::model(|| {
+        let s = shared();
+        let t = {
+            let s = s.clone();
+            thread::spawn(move || {
+                s.access.close(|| s.gate.teardown()).unwrap();
+                assert_eq!(s.gate.protection.load(SeqCst), 3);
+            })
+        };
+        s.access.close(|| s.gate.teardown()).unwrap();
+        assert_eq!(s.gate.protection.load(SeqCst), 3);
+        t.join().unwrap();
+    });
+}

@@ -1,0 +1,621 @@
+//! Unit tests of the access protocol, with a fake gate that records and fails on demand.
+use super::*;
+use std::cell::Cell;
+use std::io;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A gate that records the protection it was left in and can be told to fail.
+#[derive(Default)]
+struct FakeGate {
+    open_for: Cell<Option<Mode>>,
+    opens: Cell<usize>,
+    closes: Cell<usize>,
+    fail_close: Cell<bool>,
+    fail_open: Cell<bool>,
+    inherited: Cell<bool>,
+}
+
+impl Gate for FakeGate {
+    fn open(&self, mode: Mode) -> Result<(), Error> {
+        if self.fail_open.get() {
+            return Err(Error::os("mprotect", io::Error::from_raw_os_error(12)));
+        }
+        self.opens.set(self.opens.get() + 1);
+        self.open_for.set(Some(mode));
+        Ok(())
+    }
+    fn close(&self) -> Result<(), Error> {
+        if self.fail_close.get() {
+            return Err(Error::os("mprotect", io::Error::from_raw_os_error(12)));
+        }
+        self.closes.set(self.closes.get() + 1);
+        self.open_for.set(None);
+        Ok(())
+    }
+    fn inherited(&self) -> bool {
+        self.inherited.get()
+    }
+}
+
+/// A gate for tests with threads: counts opens and checks that the memory is opened and
+/// closed in a consistent order (0 closed, 1 readable, 2 writable).
+#[derive(Default)]
+struct SharedGate {
+    protection: AtomicUsize,
+    opens: AtomicUsize,
+    fail_next_open: AtomicBool,
+}
+
+impl Gate for SharedGate {
+    fn open(&self, mode: Mode) -> Result<(), Error> {
+        if self.fail_next_open.swap(false, Ordering::SeqCst) {
+            return Err(Error::os("mprotect", io::Error::from_raw_os_error(12)));
+        }
+        let (to, allowed_from) = match mode {
+            Mode::Read => (1, 0),
+            Mode::Write => (2, 1),
+        };
+        let previous = self.protection.swap(to, Ordering::SeqCst);
+        assert!(
+            previous <= allowed_from,
+            "opened for {mode:?} in state {previous}"
+        );
+        self.opens.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn close(&self) -> Result<(), Error> {
+        let previous = self.protection.swap(0, Ordering::SeqCst);
+        assert!(
+            previous == 1 || previous == 2,
+            "closed memory that was not open"
+        );
+        Ok(())
+    }
+}
+
+/// One secret's access state and gate, shared with threads that may outlive a failed test.
+struct Shared {
+    access: Access,
+    gate: SharedGate,
+}
+
+fn shared() -> Arc<Shared> {
+    Arc::new(Shared {
+        access: Access::new(),
+        gate: SharedGate::default(),
+    })
+}
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Spins until `condition` holds; panics after the deadline, so a deadlock fails the test.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        thread::yield_now();
+    }
+}
+
+/// Waits for a thread's signal with the deadline.
+fn expect_signal<T>(receiver: &mpsc::Receiver<T>, what: &str) -> T {
+    receiver
+        .recv_timeout(DEADLINE)
+        .unwrap_or_else(|error| panic!("no signal that {what}: {error}"))
+}
+
+/// Starts a thread that takes a read with `entry`, reports `entered` (or the error), then
+/// holds the read until `leave` is sent (or dropped).
+fn spawn_reader(
+    shared: &Arc<Shared>,
+    entry: Entry,
+) -> (
+    mpsc::Receiver<Result<(), Error>>,
+    mpsc::Sender<()>,
+    thread::JoinHandle<()>,
+) {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (leave_tx, leave_rx) = mpsc::channel::<()>();
+    let shared = Arc::clone(shared);
+    let handle = thread::spawn(move || match shared.access.read(&shared.gate, entry) {
+        Ok(held) => {
+            assert_eq!(shared.gate.protection.load(Ordering::SeqCst), 1);
+            entered_tx.send(Ok(())).unwrap();
+            let _ = leave_rx.recv();
+            held.release().unwrap();
+        }
+        Err(error) => entered_tx.send(Err(error)).unwrap(),
+    });
+    (entered_rx, leave_tx, handle)
+}
+
+/// Starts a thread that takes a write, reports it, then holds it until `leave` is sent.
+fn spawn_writer(
+    shared: &Arc<Shared>,
+) -> (
+    mpsc::Receiver<Result<(), Error>>,
+    mpsc::Sender<()>,
+    thread::JoinHandle<()>,
+) {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (leave_tx, leave_rx) = mpsc::channel::<()>();
+    let shared = Arc::clone(shared);
+    let handle = thread::spawn(move || match shared.access.write(&shared.gate) {
+        Ok(held) => {
+            assert_eq!(shared.gate.protection.load(Ordering::SeqCst), 2);
+            entered_tx.send(Ok(())).unwrap();
+            let _ = leave_rx.recv();
+            held.release().unwrap();
+        }
+        Err(error) => entered_tx.send(Err(error)).unwrap(),
+    });
+    (entered_rx, leave_tx, handle)
+}
+
+fn writers_waiting(access: &Access) -> usize {
+    access.slow.lock().writers
+}
+
+fn readers_queued(access: &Access) -> usize {
+    access.slow.lock().queued
+}
+
+fn assert_idle(access: &Access) {
+    assert_eq!(access.state() & !OPEN, 0);
+    let waiting = access.slow.lock();
+    assert_eq!(
+        (waiting.writers, waiting.queued, waiting.overdue),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn first_reader_opens_and_last_reader_closes() {
+    let access = Access::new();
+    let gate = FakeGate::default();
+    let first = access.read(&gate, Entry::Fresh).unwrap();
+    let second = access.read(&gate, Entry::Fresh).unwrap();
+    assert_eq!(
+        gate.opens.get(),
+        1,
+        "the second reader joined without opening"
+    );
+    assert_eq!(readers(access.state()), 2);
+    first.release().unwrap();
+    assert_eq!(
+        gate.closes.get(),
+        0,
+        "memory stays open while a reader remains"
+    );
+    second.release().unwrap();
+    assert_eq!(gate.closes.get(), 1);
+    assert_eq!(gate.open_for.get(), None);
+    assert_eq!(access.state(), 0);
+}
+
+#[test]
+fn failed_reprotect_is_returned_remembered_and_retried() {
+    let access = Access::new();
+    let gate = FakeGate::default();
+    gate.fail_close.set(true);
+    let held = access.read(&gate, Entry::Fresh).unwrap();
+    assert!(matches!(held.release(), Err(Error::Os { .. })));
+    assert_eq!(readers(access.state()), 0, "the count is never stuck");
+    assert_ne!(access.state() & OPEN, 0, "the failure is remembered");
+    gate.fail_close.set(false);
+    let held = access.read(&gate, Entry::Fresh).unwrap();
+    assert_eq!(
+        gate.opens.get(),
+        1,
+        "the still-open memory is joined, not reopened"
+    );
+    held.release().unwrap();
+    assert_eq!(gate.open_for.get(), None, "the retry closed the memory");
+    assert_eq!(access.state(), 0);
+}
+
+#[test]
+fn failed_reprotect_after_write_is_remembered() {
+    let access = Access::new();
+    let gate = FakeGate::default();
+    gate.fail_close.set(true);
+    let held = access.write(&gate).unwrap();
+    assert!(held.release().is_err());
+    assert_eq!(access.state() & (WRITING | OPEN), OPEN);
+    gate.fail_close.set(false);
+    access.read(&gate, Entry::Fresh).unwrap().release().unwrap();
+    assert_eq!(gate.open_for.get(), None);
+    access.close(|| Ok(())).unwrap();
+}
+
+#[test]
+fn failed_open_leaves_no_reader_counted() {
+    let access = Access::new();
+    let gate = FakeGate::default();
+    gate.fail_open.set(true);
+    assert!(access.read(&gate, Entry::Fresh).is_err());
+    assert!(access.write(&gate).is_err());
+    assert_eq!(access.state(), 0);
+    gate.fail_open.set(false);
+    access.read(&gate, Entry::Fresh).unwrap().release().unwrap();
+}
+
+#[test]
+fn close_refuses_new_accesses_and_runs_teardown_once() {
+    let access = Access::new();
+    let gate = FakeGate::default();
+    let teardowns = Cell::new(0);
+    access
+        .close(|| {
+            teardowns.set(teardowns.get() + 1);
+            Ok(())
+        })
+        .unwrap();
+    access.close(|| panic!("teardown ran twice")).unwrap();
+    assert_eq!(teardowns.get(), 1);
+    assert!(matches!(
+        access.read(&gate, Entry::Fresh),
+        Err(Error::Closed)
+    ));
+    assert!(matches!(
+        access.read(&gate, Entry::HoldingAnother),
+        Err(Error::Closed)
+    ));
+    assert!(matches!(access.write(&gate), Err(Error::Closed)));
+    assert_eq!(gate.opens.get(), 0);
+}
+
+#[test]
+fn dropping_a_held_access_releases_it() {
+    let access = Access::new();
+    let gate = FakeGate::default();
+    drop(access.read(&gate, Entry::Fresh).unwrap());
+    assert_eq!(access.state(), 0);
+    assert_eq!(gate.open_for.get(), None);
+    drop(access.write(&gate).unwrap());
+    assert_eq!(access.state(), 0);
+}
+
+#[test]
+fn nested_read_joins_while_a_read_is_held() {
+    let access = Access::new();
+    let gate = FakeGate::default();
+    let outer = access.read(&gate, Entry::Fresh).unwrap();
+    let inner = access.read(&gate, Entry::Nested).unwrap();
+    assert_eq!(gate.opens.get(), 1);
+    inner.release().unwrap();
+    assert_eq!(gate.closes.get(), 0);
+    outer.release().unwrap();
+    assert_eq!(gate.closes.get(), 1);
+}
+
+#[test]
+fn reader_waiting_through_a_write_gets_in_before_the_next_writer() {
+    let shared = shared();
+    let (first_in, first_leave, first) = spawn_writer(&shared);
+    expect_signal(&first_in, "the first writer got in").unwrap();
+    let (reader_in, reader_leave, reader) = spawn_reader(&shared, Entry::Fresh);
+    wait_until("the reader waits", || readers_queued(&shared.access) == 1);
+    let (second_in, second_leave, second) = spawn_writer(&shared);
+    wait_until("the second writer waits", || {
+        writers_waiting(&shared.access) == 1
+    });
+
+    first_leave.send(()).unwrap();
+    let mut next_in = None;
+    wait_until("the reader or the second writer gets in", || {
+        if let Ok(result) = reader_in.try_recv() {
+            next_in = Some(("the reader", result));
+        } else if let Ok(result) = second_in.try_recv() {
+            next_in = Some(("the second writer", result));
+        }
+        next_in.is_some()
+    });
+    let (who, result) = next_in.unwrap();
+    result.unwrap();
+    assert_eq!(
+        who, "the reader",
+        "the reader that waited through the first write goes before the next writer"
+    );
+    let state = shared.access.state();
+    assert_eq!(readers(state), 1);
+    assert_eq!(state & (WRITING | WRITER_WAITING), WRITER_WAITING);
+    assert_eq!(writers_waiting(&shared.access), 1);
+    assert_eq!(shared.access.slow.lock().overdue, 0, "the reader is in");
+
+    reader_leave.send(()).unwrap();
+    expect_signal(&second_in, "the second writer got in").unwrap();
+    second_leave.send(()).unwrap();
+    for thread in [first, reader, second] {
+        thread.join().unwrap();
+    }
+    assert_idle(&shared.access);
+    assert_eq!(shared.gate.protection.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn overdue_reader_that_fails_to_open_lets_the_next_writer_in() {
+    let shared = shared();
+    let (first_in, first_leave, first) = spawn_writer(&shared);
+    expect_signal(&first_in, "the first writer got in").unwrap();
+    // The second writer waits first, so that it usually checks again (and waits for the
+    // overdue reader) before the reader runs.
+    let (second_in, second_leave, second) = spawn_writer(&shared);
+    wait_until("the second writer waits", || {
+        writers_waiting(&shared.access) == 1
+    });
+    let (reader_in, _reader_leave, reader) = spawn_reader(&shared, Entry::Fresh);
+    wait_until("the reader waits", || readers_queued(&shared.access) == 1);
+
+    shared.gate.fail_next_open.store(true, Ordering::SeqCst);
+    first_leave.send(()).unwrap();
+    let refused = expect_signal(&reader_in, "the reader gave up");
+    assert!(matches!(refused, Err(Error::Os { .. })), "{refused:?}");
+    // The writer waited for the overdue reader, which never got in: it must be woken.
+    expect_signal(&second_in, "the second writer got in").unwrap();
+    second_leave.send(()).unwrap();
+    for thread in [first, reader, second] {
+        thread.join().unwrap();
+    }
+    assert_idle(&shared.access);
+}
+
+#[test]
+fn writer_waiting_for_readers_gets_in_before_readers_arriving_after_it() {
+    let shared = shared();
+    let (early_in, early_leave, early) = spawn_reader(&shared, Entry::Fresh);
+    expect_signal(&early_in, "the early reader got in").unwrap();
+    let (writer_in, writer_leave, writer) = spawn_writer(&shared);
+    wait_until("the writer waits", || writers_waiting(&shared.access) == 1);
+    let (late_in, late_leave, late) = spawn_reader(&shared, Entry::Fresh);
+    wait_until("the late reader queues behind the writer", || {
+        readers_queued(&shared.access) == 1
+    });
+    assert_eq!(readers(shared.access.state()), 1, "the late reader joined");
+
+    early_leave.send(()).unwrap();
+    expect_signal(&writer_in, "the writer got in").unwrap();
+    assert!(late_in.try_recv().is_err());
+    assert_ne!(shared.access.state() & WRITING, 0);
+
+    writer_leave.send(()).unwrap();
+    expect_signal(&late_in, "the late reader got in").unwrap();
+    late_leave.send(()).unwrap();
+    for thread in [early, writer, late] {
+        thread.join().unwrap();
+    }
+    assert_idle(&shared.access);
+}
+
+#[test]
+fn holding_another_passes_a_waiting_writer_and_fresh_does_not() {
+    let shared = shared();
+    let (holder_in, holder_leave, holder) = spawn_reader(&shared, Entry::Fresh);
+    expect_signal(&holder_in, "the first reader got in").unwrap();
+    let (writer_in, writer_leave, writer) = spawn_writer(&shared);
+    wait_until("the writer waits", || writers_waiting(&shared.access) == 1);
+
+    let (fresh_in, fresh_leave, fresh) = spawn_reader(&shared, Entry::Fresh);
+    wait_until("the fresh reader queues behind the writer", || {
+        readers_queued(&shared.access) == 1
+    });
+    let (other_in, other_leave, other) = spawn_reader(&shared, Entry::HoldingAnother);
+    expect_signal(&other_in, "the reader holding another access got in").unwrap();
+    assert_eq!(readers(shared.access.state()), 2);
+    assert_eq!(readers_queued(&shared.access), 1, "it did not wait");
+    assert_eq!(shared.gate.opens.load(Ordering::SeqCst), 1, "it joined");
+    assert!(fresh_in.try_recv().is_err());
+
+    holder_leave.send(()).unwrap();
+    other_leave.send(()).unwrap();
+    expect_signal(&writer_in, "the writer got in").unwrap();
+    writer_leave.send(()).unwrap();
+    expect_signal(&fresh_in, "the fresh reader got in").unwrap();
+    fresh_leave.send(()).unwrap();
+    for thread in [holder, writer, fresh, other] {
+        thread.join().unwrap();
+    }
+    assert_idle(&shared.access);
+}
+
+#[test]
+fn holding_another_opens_closed_memory_past_a_waiting_writer() {
+    let shared = shared();
+    // A writer registered as waiting, as `write` does, with the memory closed.
+    let register_writer = |shared: &Shared, registered: bool| {
+        let mut waiting = shared.access.slow.lock();
+        if registered {
+            waiting.writers += 1;
+            shared
+                .access
+                .state
+                .fetch_or(WRITER_WAITING, Ordering::Relaxed);
+        } else {
+            waiting.writers -= 1;
+            shared
+                .access
+                .state
+                .fetch_and(!WRITER_WAITING, Ordering::Relaxed);
+            shared.access.changed.notify_all();
+        }
+    };
+    register_writer(&shared, true);
+    let (fresh_in, fresh_leave, fresh) = spawn_reader(&shared, Entry::Fresh);
+    wait_until("the fresh reader queues behind the writer", || {
+        readers_queued(&shared.access) == 1
+    });
+    let (other_in, other_leave, other) = spawn_reader(&shared, Entry::HoldingAnother);
+    expect_signal(&other_in, "the reader holding another access got in").unwrap();
+    assert_eq!(shared.gate.opens.load(Ordering::SeqCst), 1, "it opened");
+    assert_eq!(readers(shared.access.state()), 1);
+    assert!(fresh_in.try_recv().is_err());
+
+    register_writer(&shared, false);
+    expect_signal(&fresh_in, "the fresh reader got in").unwrap();
+    assert_eq!(shared.gate.opens.load(Ordering::SeqCst), 1, "it joined");
+    fresh_leave.send(()).unwrap();
+    other_leave.send(()).unwrap();
+    fresh.join().unwrap();
+    other.join().unwrap();
+    assert_idle(&shared.access);
+    assert_eq!(shared.gate.protection.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn holding_another_still_waits_for_a_write_in_progress() {
+    let shared = shared();
+    let (writer_in, writer_leave, writer) = spawn_writer(&shared);
+    expect_signal(&writer_in, "the writer got in").unwrap();
+    let (reader_in, reader_leave, reader) = spawn_reader(&shared, Entry::HoldingAnother);
+    wait_until("the reader waits for the write", || {
+        readers_queued(&shared.access) == 1
+    });
+    assert!(reader_in.try_recv().is_err());
+    writer_leave.send(()).unwrap();
+    expect_signal(&reader_in, "the reader got in").unwrap();
+    reader_leave.send(()).unwrap();
+    writer.join().unwrap();
+    reader.join().unwrap();
+    assert_idle(&shared.access);
+}
+
+#[test]
+fn crossed_reads_of_two_secrets_pass_writers_waiting_on_both() {
+    let a = shared();
+    let b = shared();
+    // Thread 1 reads A then B; thread 2 reads B then A; a writer waits on each. Each thread
+    // holds both reads until told to finish, so neither lets a writer in early.
+    let cross = |first: &Arc<Shared>, second: &Arc<Shared>| {
+        let (first, second) = (Arc::clone(first), Arc::clone(second));
+        let (report_tx, report_rx) = mpsc::channel();
+        let (step_tx, step_rx) = mpsc::channel::<()>();
+        let handle = thread::spawn(move || {
+            let outer = first.access.read(&first.gate, Entry::Fresh).unwrap();
+            report_tx.send(true).unwrap();
+            if step_rx.recv().is_err() {
+                return;
+            }
+            let inner = second.access.read(&second.gate, Entry::HoldingAnother);
+            report_tx.send(inner.is_ok()).unwrap();
+            let _ = step_rx.recv();
+            inner.unwrap().release().unwrap();
+            outer.release().unwrap();
+        });
+        (report_rx, step_tx, handle)
+    };
+    let (one_report, one_step, one) = cross(&a, &b);
+    let (two_report, two_step, two) = cross(&b, &a);
+    assert!(expect_signal(&one_report, "thread 1 reads A"));
+    assert!(expect_signal(&two_report, "thread 2 reads B"));
+    let (a_writer_in, a_writer_leave, a_writer) = spawn_writer(&a);
+    let (b_writer_in, b_writer_leave, b_writer) = spawn_writer(&b);
+    wait_until("writers wait on both", || {
+        writers_waiting(&a.access) == 1 && writers_waiting(&b.access) == 1
+    });
+
+    one_step.send(()).unwrap();
+    two_step.send(()).unwrap();
+    assert!(expect_signal(&one_report, "thread 1 reads B"));
+    assert!(expect_signal(&two_report, "thread 2 reads A"));
+    assert!(a_writer_in.try_recv().is_err() && b_writer_in.try_recv().is_err());
+    one_step.send(()).unwrap();
+    two_step.send(()).unwrap();
+    expect_signal(&a_writer_in, "the writer on A got in").unwrap();
+    expect_signal(&b_writer_in, "the writer on B got in").unwrap();
+    a_writer_leave.send(()).unwrap();
+    b_writer_leave.send(()).unwrap();
+    for thread in [one, two, a_writer, b_writer] {
+        thread.join().unwrap();
+    }
+    assert_idle(&a.access);
+    assert_idle(&b.access);
+}
+
+#[test]
+fn close_in_forked_child_marks_closed_and_released_once_without_waiting() {
+    let access = Access::new();
+    let gate = FakeGate::default();
+    let held = access.read(&gate, Entry::Fresh).unwrap();
+    let before = access.state();
+    assert!(access.close_in_forked_child(), "the first call tears down");
+    assert!(!access.close_in_forked_child(), "later calls do not");
+    assert!(!access.close_in_forked_child());
+    assert!(access.is_closed());
+    assert_eq!(access.state(), before | CLOSED | RELEASED);
+    access.close(|| panic!("torn down twice")).unwrap();
+    // In the child the read belongs to the parent's memory: ending it touches nothing.
+    gate.inherited.set(true);
+    assert!(matches!(held.release(), Err(Error::Forked)));
+    assert_eq!(readers(access.state()), 1);
+}
+
+#[test]
+fn close_in_forked_child_returns_while_another_thread_holds_the_mutex() {
+    let shared = shared();
+    let (holder_in, holder_leave, holder) = spawn_reader(&shared, Entry::Fresh);
+    expect_signal(&holder_in, "a reader got in").unwrap();
+    let (locked_tx, locked_rx) = mpsc::channel();
+    let (unlock_tx, unlock_rx) = mpsc::channel::<()>();
+    let locker = {
+        let shared = Arc::clone(&shared);
+        thread::spawn(move || {
+            let _waiting = shared.access.slow.lock();
+            locked_tx.send(()).unwrap();
+            let _ = unlock_rx.recv();
+        })
+    };
+    expect_signal(&locked_rx, "the mutex is held");
+    // On yet another thread, so that waiting fails the test instead of hanging it.
+    let (closed_tx, closed_rx) = mpsc::channel();
+    {
+        let shared = Arc::clone(&shared);
+        thread::spawn(move || {
+            let first = shared.access.close_in_forked_child();
+            let second = shared.access.close_in_forked_child();
+            let later_close = shared.access.close(|| panic!("torn down twice"));
+            closed_tx
+                .send((first, second, later_close.is_ok()))
+                .unwrap();
+        });
+    }
+    let (first, second, later_close) = expect_signal(&closed_rx, "close_in_forked_child returned");
+    assert!(first && !second && later_close);
+    assert!(shared.access.is_closed());
+    assert_ne!(shared.access.state() & RELEASED, 0);
+    unlock_tx.send(()).unwrap();
+    locker.join().unwrap();
+    drop(holder_leave);
+    holder.join().unwrap();
+}
+
+#[test]
+fn ending_an_inherited_access_returns_forked_and_touches_nothing() {
+    for mode in [Mode::Read, Mode::Write] {
+        for by_release in [true, false] {
+            let access = Access::new();
+            let gate = FakeGate::default();
+            let held = match mode {
+                Mode::Read => access.read(&gate, Entry::Fresh).unwrap(),
+                Mode::Write => access.write(&gate).unwrap(),
+            };
+            let state = access.state();
+            gate.inherited.set(true);
+            if by_release {
+                assert!(matches!(held.release(), Err(Error::Forked)));
+            } else {
+                drop(held);
+            }
+            let case = format!("{mode:?}, by release: {by_release}");
+            assert_eq!(access.state(), state, "{case}: the state changed");
+            assert_eq!(gate.closes.get(), 0, "{case}: the memory was closed");
+            assert_eq!(gate.open_for.get(), Some(mode));
+            assert!(
+                access.slow.try_lock().is_some(),
+                "{case}: mutex left locked"
+            );
+        }
+    }
+}

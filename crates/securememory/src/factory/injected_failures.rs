@@ -1,0 +1,208 @@
+//! Every OS step of making a secret made to fail in turn: the error names the step, and nothing
+//! stays mapped or locked. Each runs in a child process so the address-space checks see no other
+//! test's mappings.
+
+use super::common;
+use super::*;
+use crate::sys::fault;
+use crate::sys::Op;
+
+fn locked_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn factory(backing: Backing) -> ProtectedMemorySecretFactory {
+    ProtectedMemorySecretFactory::builder()
+        .backing(backing)
+        .build()
+}
+
+/// Fails `op` once with `errno` while making a secret both ways (`new` and
+/// `create_random`; only the latter uses randomness); checks the error, that `new` left its
+/// source alone, and that nothing is left mapped or locked.
+fn fails_cleanly(backing: Backing, op: Op, errno: i32, operation: &str) {
+    let locked_before = locked_kib();
+    fault::take_reservations();
+    let mut expected_reservations = 1;
+    if op != Op::Random {
+        fault::fail_next(op, errno);
+        let mut source = [0x5au8; 48];
+        let error = factory(backing).new(&mut source).unwrap_err();
+        assert_eq!(source, [0x5a; 48], "{op:?}: source touched on failure");
+        assert!(error.to_string().contains(operation), "{op:?}: {error}");
+        expected_reservations += 1;
+    }
+    fault::fail_next(op, errno);
+    let error = factory(backing).create_random(48).unwrap_err();
+    assert!(error.to_string().contains(operation), "{op:?}: {error}");
+    let reservations = fault::take_reservations();
+    if op != Op::Reserve {
+        assert_eq!(reservations.len(), expected_reservations, "{op:?}");
+    }
+    for (addr, len) in reservations {
+        for offset in (0..len).step_by(sys::page_size()) {
+            assert!(
+                !common::is_mapped(addr + offset),
+                "{op:?}: {:#x} still mapped",
+                addr + offset
+            );
+        }
+    }
+    assert_eq!(locked_kib(), locked_before, "{op:?}: memory left locked");
+    // The failure was one-shot: the factory works again.
+    let secret = factory(backing).new(&mut [1; 8]).unwrap();
+    assert!(secret.with_bytes(|b| b == [1; 8]).unwrap());
+}
+
+#[test]
+fn failures_making_anonymous_secrets_leave_nothing_behind() {
+    const NAME: &str =
+        "factory::injected_failures::failures_making_anonymous_secrets_leave_nothing_behind";
+    if !common::is_child(NAME) {
+        common::in_child(NAME);
+        return;
+    }
+    let eio = libc::EIO;
+    fails_cleanly(Backing::Anonymous, Op::Reserve, libc::ENOMEM, "mmap");
+    fails_cleanly(Backing::Anonymous, Op::Commit, eio, "mprotect");
+    fails_cleanly(Backing::Anonymous, Op::Lock, eio, "mlock");
+    fails_cleanly(Backing::Anonymous, Op::Lock, libc::EPERM, "RLIMIT_MEMLOCK");
+    fails_cleanly(
+        Backing::Anonymous,
+        Op::ExcludeFromDump,
+        eio,
+        "MADV_DONTDUMP",
+    );
+    fails_cleanly(Backing::Anonymous, Op::ExcludeFromFork, eio, "madvise");
+    fails_cleanly(Backing::Anonymous, Op::Protect, eio, "mprotect");
+    fails_cleanly(Backing::Anonymous, Op::Random, eio, "random");
+}
+
+#[test]
+fn failures_making_secretmem_secrets_leave_nothing_behind() {
+    const NAME: &str =
+        "factory::injected_failures::failures_making_secretmem_secrets_leave_nothing_behind";
+    if !common::is_child(NAME) {
+        common::in_child(NAME);
+        return;
+    }
+    if !matches!(sys::secretmem_support(), SecretMemSupport::Available) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "memfd_secret missing in CI"
+        );
+        eprintln!("skipped: memfd_secret unavailable");
+        return;
+    }
+    let eio = libc::EIO;
+    fails_cleanly(Backing::SecretMem, Op::Reserve, libc::ENOMEM, "mmap");
+    fails_cleanly(Backing::SecretMem, Op::MapSecretMem, eio, "memfd_secret");
+    fails_cleanly(
+        Backing::SecretMem,
+        Op::MapSecretMem,
+        libc::EAGAIN,
+        "RLIMIT_MEMLOCK",
+    );
+    fails_cleanly(Backing::SecretMem, Op::ExcludeFromFork, eio, "madvise");
+    fails_cleanly(Backing::SecretMem, Op::Protect, eio, "mprotect");
+    fails_cleanly(Backing::SecretMem, Op::Random, eio, "random");
+}
+
+#[test]
+fn a_failed_unlock_on_close_does_not_hide_a_corrupted_canary() {
+    let secret = factory(Backing::Anonymous).create_random(32).unwrap();
+    let corrupted = secret.with_bytes_mut(|b| {
+        // SAFETY: the byte right before the secret is in its (writable) data page: the
+        // canary, overwritten on purpose.
+        unsafe { *b.as_mut_ptr().sub(1) ^= 0xff };
+    });
+    assert!(matches!(corrupted, Err(Error::Corrupted)), "{corrupted:?}");
+    fault::fail_next(Op::Unlock, libc::EIO);
+    let closed = secret.close();
+    assert!(matches!(closed, Err(Error::Corrupted)), "{closed:?}");
+}
+
+/// A fork between committing anonymous pages and `MADV_WIPEONFORK` gives the child a private
+/// copy of zeroed pages: nothing the parent writes afterwards reaches it.
+#[test]
+fn a_child_forked_before_anonymous_pages_are_protected_sees_none_of_the_later_writes() {
+    const NAME: &str = "factory::injected_failures::a_child_forked_before_anonymous_pages_are_protected_sees_none_of_the_later_writes";
+    if !common::is_child(NAME) {
+        common::in_child(NAME);
+        return;
+    }
+    let mut pipe = [0; 2];
+    // SAFETY: a valid out-array of two descriptors.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let child = std::rc::Rc::new(std::cell::Cell::new(0));
+    let in_hook = child.clone();
+    fault::on_next_commit(move |addr, len| {
+        // SAFETY: this child test process has one thread that matters; the forked process
+        // only reads its copy of the pages and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid != 0 {
+            in_hook.set(pid);
+            return;
+        }
+        let mut byte = 0u8;
+        // SAFETY: reading one byte into a local from our end of the pipe.
+        let got = unsafe { libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1) };
+        // SAFETY: the committed pages are readable and writable, here as in the parent.
+        let pages = unsafe { std::slice::from_raw_parts(addr.as_ptr(), len) };
+        let code = if got != 1 {
+            2
+        } else if pages.iter().all(|&b| b == 0) {
+            0
+        } else {
+            1
+        };
+        // SAFETY: leave the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    });
+    let secret = factory(Backing::Anonymous).new(&mut [0xab; 64]).unwrap();
+    assert!(secret.with_bytes(|b| b == [0xab; 64]).unwrap());
+    let pid = child.get();
+    assert!(pid > 0, "the hook did not run");
+    // SAFETY: one byte from a local to our end of the pipe.
+    assert_eq!(unsafe { libc::write(pipe[1], [1u8].as_ptr().cast(), 1) }, 1);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child status {status}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "the child saw the parent's later writes (1) or got no go-ahead (2)"
+    );
+}
+
+#[test]
+fn failed_reprotect_after_an_access_is_returned_and_retried() {
+    let secret = factory(Backing::Auto).new(&mut [9; 8]).unwrap();
+    let mut ran = false;
+    fault::fail_next(Op::Protect, libc::EIO);
+    // The failure is in opening: the callback never runs.
+    assert!(secret.with_bytes(|_| ran = true).is_err());
+    assert!(!ran);
+    // Let the open succeed and the close after the callback fail.
+    let result = secret.with_bytes(|b| {
+        fault::fail_next(Op::Protect, libc::EIO);
+        b[0]
+    });
+    assert!(
+        matches!(
+            result,
+            Err(Error::Os {
+                operation: "mprotect",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    // Remembered and retried: the next access works and leaves the memory closed.
+    assert_eq!(secret.with_bytes(|b| b[0]).unwrap(), 9);
+    secret.with_bytes_mut(|b| b[0] = 1).unwrap();
+    secret.close().unwrap();
+}

@@ -6,7 +6,7 @@
 //! compare-and-swap: no lock, no system call. Writers are exclusive. `close` refuses new accesses
 //! at once, then waits for the ones in flight and tears the memory down.
 //!
-//! Every protection change happens while holding `slow`, a mutex that also backs a condition
+//! Every protection change happens while holding `waiting`, a mutex that also backs a condition
 //! variable for waiting; so the memory can never be closed under a reader that joined through the
 //! fast path (that needs [`OPEN`], which only a holder of the mutex clears).
 //!
@@ -21,7 +21,7 @@
 //! | [`CLOSED`] | no new access may begin | `close`, `close_in_forked_child` | never |
 //! | [`WRITING`] | one writer holds the memory | a writer getting in (mutex held) | `leave_write` (mutex held) |
 //! | [`WRITER_WAITING`] | `Waiting::writers` is not zero | a writer registering in `write` (mutex held) | the last registered writer to get in or give up (mutex held) |
-//! | [`OPEN`] | readable; readers may join without a protection change | the first reader in (mutex held); a failed close | the last reader out, a writer getting in (mutex held) |
+//! | [`OPEN`] | readable; readers may join without a protection change | the first reader in (mutex held); a failed conceal | the last reader out, a writer getting in (mutex held) |
 //! | [`RELEASED`] | the memory is torn down | `close` after its teardown; `close_in_forked_child` | never |
 //! | reader count | readers inside | the fast path (needs `OPEN`), a nested read (needs a reader inside), the slow path (mutex held) | `leave_read` (the last reader with the mutex held) |
 //!
@@ -86,12 +86,13 @@ pub(crate) enum Entry {
     HoldingAnother,
 }
 
-/// Opens and closes the memory behind an [`Access`].
+/// Exposes and conceals the memory behind an [`Access`]: the one place that knows how a secret
+/// is opened (a protection change today; a per-thread window for other strategies).
 pub(crate) trait Gate {
     /// Makes the memory usable for `mode`.
-    fn open(&self, mode: Mode) -> Result<(), Error>;
+    fn expose(&self, mode: Mode) -> Result<(), Error>;
     /// Makes the memory unusable again.
-    fn close(&self) -> Result<(), Error>;
+    fn conceal(&self) -> Result<(), Error>;
     /// The memory belongs to the process this one was forked from. An access that began before
     /// the fork then ends without touching the access state, the mutex or the memory: they belong
     /// to the parent's threads.
@@ -148,9 +149,9 @@ pub(crate) struct Access {
     state: AtomicUsize,
     /// Readers that found the memory closed and are on their way to open it (in `read_slow`).
     /// The last reader out hands the open memory over to them instead of closing it, so that
-    /// readers queued behind each other do not each pay for a close and an open.
+    /// readers queued behind each other do not each pay for a conceal and an expose.
     arriving: AtomicUsize,
-    slow: Mutex<Waiting>,
+    waiting: Mutex<Waiting>,
     changed: Condvar,
 }
 
@@ -159,7 +160,7 @@ impl Access {
         Access {
             state: AtomicUsize::new(0),
             arriving: AtomicUsize::new(0),
-            slow: Mutex::new(Waiting {
+            waiting: Mutex::new(Waiting {
                 writers: 0,
                 phase: 0,
                 queued: 0,
@@ -205,7 +206,7 @@ impl Access {
 
     /// Starts an exclusive write; waits for readers and other writers to leave.
     pub(crate) fn write<'a, G: Gate>(&'a self, gate: &'a G) -> Result<Held<'a, G>, Error> {
-        let mut waiting = self.slow.lock();
+        let mut waiting = self.waiting.lock();
         waiting.writers += 1;
         self.state.fetch_or(WRITER_WAITING, Ordering::Relaxed);
         let result = self.write_locked(gate, &mut waiting);
@@ -233,7 +234,7 @@ impl Access {
             // mutex may stay locked by a thread that does not exist there, from waiting forever.
             return Ok(());
         }
-        let mut waiting = self.slow.lock();
+        let mut waiting = self.waiting.lock();
         // Wake readers and writers waiting to get in, so they can fail with `Closed` now.
         self.changed.notify_all();
         if previous & CLOSED != 0 {
@@ -323,7 +324,7 @@ impl Access {
         // SeqCst, with the load in `leave_read_slow`: either the last reader sees this arrival
         // and leaves the memory open, or this reader finds it closed and opens it itself.
         self.arriving.fetch_add(1, Ordering::SeqCst);
-        let mut waiting = self.slow.lock();
+        let mut waiting = self.waiting.lock();
         let mut since = None;
         let result = self.read_slow_locked(gate, entry, &mut waiting, &mut since);
         if let Some(phase) = since {
@@ -383,7 +384,7 @@ impl Access {
                 continue;
             }
             debug_assert_eq!(readers(state), 0, "readers are counted only while OPEN");
-            gate.open(Mode::Read)?;
+            gate.expose(Mode::Read)?;
             return self.publish(state, OPEN + ONE_READER, gate);
         }
     }
@@ -406,7 +407,7 @@ impl Access {
     fn publish<G: Gate>(&self, mut state: usize, bits: usize, gate: &G) -> Result<(), Error> {
         loop {
             if state & CLOSED != 0 {
-                if let Err(error) = gate.close() {
+                if let Err(error) = gate.conceal() {
                     self.state.fetch_or(OPEN, Ordering::Release);
                     log::warn!("closing memory after a refused access failed: {error}");
                 }
@@ -440,7 +441,7 @@ impl Access {
                 self.changed.wait(waiting);
                 continue;
             }
-            gate.open(Mode::Write)?;
+            gate.expose(Mode::Write)?;
             // WRITING replaces OPEN: readers may not join a writer.
             return self.publish(state, WRITING, gate);
         }
@@ -467,7 +468,7 @@ impl Access {
 
     #[cold]
     fn leave_read_slow<G: Gate>(&self, gate: &G) -> Result<(), Error> {
-        let _waiting = self.slow.lock();
+        let _waiting = self.waiting.lock();
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             debug_assert!(readers(state) > 0, "leaving a read that was not entered");
@@ -494,7 +495,7 @@ impl Access {
             }
         }
         // OPEN is clear and no reader is counted: no one can join until the mutex is released.
-        let result = gate.close();
+        let result = gate.conceal();
         if result.is_err() {
             self.state.fetch_or(OPEN, Ordering::Release);
         }
@@ -503,8 +504,8 @@ impl Access {
     }
 
     fn leave_write<G: Gate>(&self, gate: &G) -> Result<(), Error> {
-        let mut waiting = self.slow.lock();
-        let result = gate.close();
+        let mut waiting = self.waiting.lock();
+        let result = gate.conceal();
         let reopened = if result.is_err() { OPEN } else { 0 };
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
@@ -539,7 +540,7 @@ impl Access {
     }
 }
 
-/// An access in progress. [`Held::release`] ends it and reports a failure to close the memory;
+/// An access in progress. [`Held::finish`] ends it and reports a failure to conceal the memory;
 /// dropping it (on a panic in the callback) ends it too and logs that failure instead.
 ///
 /// When the gate says the memory was inherited through a fork (a thread that forked inside its
@@ -555,7 +556,7 @@ pub(crate) struct Held<'a, G: Gate> {
 impl<G: Gate> Held<'_, G> {
     /// Ends the access. [`Error::Forked`] when the memory was inherited through a fork.
     #[inline]
-    pub(crate) fn release(mut self) -> Result<(), Error> {
+    pub(crate) fn finish(mut self) -> Result<(), Error> {
         self.done = true;
         if self.gate.inherited() {
             return Err(Error::Forked);

@@ -283,7 +283,7 @@ impl ProtectedMemorySecretFactory {
         // them exists until the secret is built; the slice is dead before the protection change.
         let bytes = unsafe { std::slice::from_raw_parts_mut(region.bytes().as_ptr(), len) };
         fill(bytes)?;
-        crate::access::Gate::close(&region)?;
+        crate::access::Gate::conceal(&region)?;
         Ok(Secret::from_region(region, protection))
     }
 }

@@ -9,7 +9,7 @@
 //! The trailing guard catches overflows at once. An underflow is caught by the leading guard only
 //! when it leaves the data pages; inside them, a canary covers exactly the [`CANARY_LEN`] (16)
 //! bytes right before the secret: a per-process random pattern, checked after every write access
-//! and on release. A write further before the secret, but still inside the first data page, is
+//! and on destruction. A write further before the secret, but still inside the first data page, is
 //! not noticed. Where the page leaves fewer than [`MIN_CANARY_LEN`] (8) bytes before the secret,
 //! there is no canary.
 //!
@@ -146,7 +146,7 @@ fn shortage(operation: &'static str, source: io::Error, requested: usize, memory
 
 impl Region {
     /// Maps a region for `len` bytes and leaves its data pages readable and writable, for the
-    /// caller to fill and then [`Gate::close`].
+    /// caller to fill and then [`Gate::conceal`].
     pub(crate) fn new(
         len: usize,
         memory: Memory,
@@ -301,7 +301,7 @@ impl Region {
     }
 
     /// Whether the canary before the secret is intact. The pages must be readable (inside an
-    /// access, or during release).
+    /// access, or during destruction).
     pub(crate) fn canary_intact(&self) -> bool {
         let len = self.canary_len();
         // SAFETY: the canary lies in the data pages, readable per the caller; no one writes the
@@ -326,7 +326,7 @@ impl Region {
     ///
     /// When the pages cannot be made writable for wiping, they are left mapped, inaccessible and
     /// locked (leaked) rather than returned to the OS with the secret in them.
-    pub(crate) fn release(&self) -> Result<(), Error> {
+    pub(crate) fn destroy(&self) -> Result<(), Error> {
         if self.released.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -379,7 +379,7 @@ impl Region {
 
 impl Gate for Region {
     #[inline]
-    fn open(&self, mode: Mode) -> Result<(), Error> {
+    fn expose(&self, mode: Mode) -> Result<(), Error> {
         self.set_protection(match mode {
             Mode::Read => PageProtection::ReadOnly,
             Mode::Write => PageProtection::ReadWrite,
@@ -387,7 +387,7 @@ impl Gate for Region {
     }
 
     #[inline]
-    fn close(&self) -> Result<(), Error> {
+    fn conceal(&self) -> Result<(), Error> {
         self.set_protection(PageProtection::NoAccess)
     }
 
@@ -399,7 +399,7 @@ impl Gate for Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        if let Err(error) = self.release() {
+        if let Err(error) = self.destroy() {
             log::error!("releasing secret memory failed: {error}");
         }
     }

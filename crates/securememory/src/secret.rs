@@ -193,7 +193,7 @@ impl Secret {
         let bytes = unsafe { std::slice::from_raw_parts(self.region.bytes().as_ptr(), self.len()) };
         let result = action(bytes);
         drop(entered);
-        held.release()?;
+        held.finish()?;
         Ok(result)
     }
 
@@ -235,9 +235,9 @@ impl Secret {
         let result = action(bytes);
         drop(entered);
         // In a child forked from inside `action` the pages are not this process's to check (and
-        // secret memory is not mapped at all); `release` then reports `Forked`.
+        // secret memory is not mapped at all); `finish` then reports `Forked`.
         let canary_intact = self.region.in_forked_child() || self.region.canary_intact();
-        held.release()?;
+        held.finish()?;
         if !canary_intact {
             return Err(Error::Corrupted);
         }
@@ -304,11 +304,11 @@ impl Secret {
             // The reader counts and the lock may belong to threads of the parent, which do not
             // exist here: nothing to wait for, and nothing of the parent's to wipe.
             if self.access.close_in_forked_child() {
-                self.region.release()?;
+                self.region.destroy()?;
             }
             return Ok(());
         }
-        self.access.close(|| self.region.release())
+        self.access.close(|| self.region.destroy())
     }
 
     fn refuse_in_forked_child(&self) -> Result<(), Error> {

@@ -14,7 +14,7 @@ struct CheckingGate {
 }
 
 impl Gate for CheckingGate {
-    fn open(&self, mode: Mode) -> Result<(), Error> {
+    fn expose(&self, mode: Mode) -> Result<(), Error> {
         let previous = self.protection.swap(
             match mode {
                 Mode::Read => 1,
@@ -31,7 +31,7 @@ impl Gate for CheckingGate {
         assert!(allowed, "opened memory for {mode:?} in state {previous}");
         Ok(())
     }
-    fn close(&self) -> Result<(), Error> {
+    fn conceal(&self) -> Result<(), Error> {
         let previous = self.protection.swap(0, SeqCst);
         assert!(
             previous == 1 || previous == 2,
@@ -82,7 +82,7 @@ fn read_as(s: &Shared, entry: Entry) -> bool {
     match s.access.read(&s.gate, entry) {
         Ok(held) => {
             s.gate.assert_readable();
-            held.release().unwrap();
+            held.finish().unwrap();
             true
         }
         Err(Error::Closed) => false,
@@ -93,14 +93,14 @@ fn read_as(s: &Shared, entry: Entry) -> bool {
 fn write(s: &Shared) {
     let held = s.access.write(&s.gate).unwrap();
     s.gate.assert_writable();
-    held.release().unwrap();
+    held.finish().unwrap();
 }
 
 /// Everything left as at the start: memory closed, no one counted or registered.
 fn assert_idle(s: &Shared) {
     assert_eq!(s.gate.protection.load(SeqCst), 0, "memory left open");
     assert_eq!(s.access.state(), 0);
-    let waiting = s.access.slow.lock();
+    let waiting = s.access.waiting.lock();
     assert_eq!(
         (waiting.writers, waiting.queued, waiting.overdue),
         (0, 0, 0)
@@ -148,7 +148,7 @@ fn loom_reader_arriving_after_close_started_is_refused_even_while_memory_is_open
             thread::spawn(move || {
                 let held = s.access.read(&s.gate, Entry::Fresh).unwrap();
                 inside_tx.send(()).unwrap();
-                held.release().unwrap();
+                held.finish().unwrap();
             })
         };
         inside_rx.recv().unwrap();

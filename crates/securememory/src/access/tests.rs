@@ -19,7 +19,7 @@ struct FakeGate {
 }
 
 impl Gate for FakeGate {
-    fn open(&self, mode: Mode) -> Result<(), Error> {
+    fn expose(&self, mode: Mode) -> Result<(), Error> {
         if self.fail_open.get() {
             return Err(Error::os("mprotect", io::Error::from_raw_os_error(12)));
         }
@@ -27,7 +27,7 @@ impl Gate for FakeGate {
         self.open_for.set(Some(mode));
         Ok(())
     }
-    fn close(&self) -> Result<(), Error> {
+    fn conceal(&self) -> Result<(), Error> {
         if self.fail_close.get() {
             return Err(Error::os("mprotect", io::Error::from_raw_os_error(12)));
         }
@@ -50,7 +50,7 @@ struct SharedGate {
 }
 
 impl Gate for SharedGate {
-    fn open(&self, mode: Mode) -> Result<(), Error> {
+    fn expose(&self, mode: Mode) -> Result<(), Error> {
         if self.fail_next_open.swap(false, Ordering::SeqCst) {
             return Err(Error::os("mprotect", io::Error::from_raw_os_error(12)));
         }
@@ -66,7 +66,7 @@ impl Gate for SharedGate {
         self.opens.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    fn close(&self) -> Result<(), Error> {
+    fn conceal(&self) -> Result<(), Error> {
         let previous = self.protection.swap(0, Ordering::SeqCst);
         assert!(
             previous == 1 || previous == 2,
@@ -125,7 +125,7 @@ fn spawn_reader(
             assert_eq!(shared.gate.protection.load(Ordering::SeqCst), 1);
             entered_tx.send(Ok(())).unwrap();
             let _ = leave_rx.recv();
-            held.release().unwrap();
+            held.finish().unwrap();
         }
         Err(error) => entered_tx.send(Err(error)).unwrap(),
     });
@@ -148,7 +148,7 @@ fn spawn_writer(
             assert_eq!(shared.gate.protection.load(Ordering::SeqCst), 2);
             entered_tx.send(Ok(())).unwrap();
             let _ = leave_rx.recv();
-            held.release().unwrap();
+            held.finish().unwrap();
         }
         Err(error) => entered_tx.send(Err(error)).unwrap(),
     });
@@ -156,16 +156,16 @@ fn spawn_writer(
 }
 
 fn writers_waiting(access: &Access) -> usize {
-    access.slow.lock().writers
+    access.waiting.lock().writers
 }
 
 fn readers_queued(access: &Access) -> usize {
-    access.slow.lock().queued
+    access.waiting.lock().queued
 }
 
 fn assert_idle(access: &Access) {
     assert_eq!(access.state() & !OPEN, 0);
-    let waiting = access.slow.lock();
+    let waiting = access.waiting.lock();
     assert_eq!(
         (waiting.writers, waiting.queued, waiting.overdue),
         (0, 0, 0)
@@ -184,13 +184,13 @@ fn first_reader_opens_and_last_reader_closes() {
         "the second reader joined without opening"
     );
     assert_eq!(readers(access.state()), 2);
-    first.release().unwrap();
+    first.finish().unwrap();
     assert_eq!(
         gate.closes.get(),
         0,
         "memory stays open while a reader remains"
     );
-    second.release().unwrap();
+    second.finish().unwrap();
     assert_eq!(gate.closes.get(), 1);
     assert_eq!(gate.open_for.get(), None);
     assert_eq!(access.state(), 0);
@@ -202,7 +202,7 @@ fn failed_reprotect_is_returned_remembered_and_retried() {
     let gate = FakeGate::default();
     gate.fail_close.set(true);
     let held = access.read(&gate, Entry::Fresh).unwrap();
-    assert!(matches!(held.release(), Err(Error::Os { .. })));
+    assert!(matches!(held.finish(), Err(Error::Os { .. })));
     assert_eq!(readers(access.state()), 0, "the count is never stuck");
     assert_ne!(access.state() & OPEN, 0, "the failure is remembered");
     gate.fail_close.set(false);
@@ -212,7 +212,7 @@ fn failed_reprotect_is_returned_remembered_and_retried() {
         1,
         "the still-open memory is joined, not reopened"
     );
-    held.release().unwrap();
+    held.finish().unwrap();
     assert_eq!(gate.open_for.get(), None, "the retry closed the memory");
     assert_eq!(access.state(), 0);
 }
@@ -223,10 +223,10 @@ fn failed_reprotect_after_write_is_remembered() {
     let gate = FakeGate::default();
     gate.fail_close.set(true);
     let held = access.write(&gate).unwrap();
-    assert!(held.release().is_err());
+    assert!(held.finish().is_err());
     assert_eq!(access.state() & (WRITING | OPEN), OPEN);
     gate.fail_close.set(false);
-    access.read(&gate, Entry::Fresh).unwrap().release().unwrap();
+    access.read(&gate, Entry::Fresh).unwrap().finish().unwrap();
     assert_eq!(gate.open_for.get(), None);
     access.close(|| Ok(())).unwrap();
 }
@@ -240,7 +240,7 @@ fn failed_open_leaves_no_reader_counted() {
     assert!(access.write(&gate).is_err());
     assert_eq!(access.state(), 0);
     gate.fail_open.set(false);
-    access.read(&gate, Entry::Fresh).unwrap().release().unwrap();
+    access.read(&gate, Entry::Fresh).unwrap().finish().unwrap();
 }
 
 #[test]
@@ -286,9 +286,9 @@ fn nested_read_joins_while_a_read_is_held() {
     let outer = access.read(&gate, Entry::Fresh).unwrap();
     let inner = access.read(&gate, Entry::Nested).unwrap();
     assert_eq!(gate.opens.get(), 1);
-    inner.release().unwrap();
+    inner.finish().unwrap();
     assert_eq!(gate.closes.get(), 0);
-    outer.release().unwrap();
+    outer.finish().unwrap();
     assert_eq!(gate.closes.get(), 1);
 }
 
@@ -324,7 +324,7 @@ fn reader_waiting_through_a_write_gets_in_before_the_next_writer() {
     assert_eq!(readers(state), 1);
     assert_eq!(state & (WRITING | WRITER_WAITING), WRITER_WAITING);
     assert_eq!(writers_waiting(&shared.access), 1);
-    assert_eq!(shared.access.slow.lock().overdue, 0, "the reader is in");
+    assert_eq!(shared.access.waiting.lock().overdue, 0, "the reader is in");
 
     reader_leave.send(()).unwrap();
     expect_signal(&second_in, "the second writer got in").unwrap();
@@ -426,7 +426,7 @@ fn holding_another_opens_closed_memory_past_a_waiting_writer() {
     let shared = shared();
     // A writer registered as waiting, as `write` does, with the memory closed.
     let register_writer = |shared: &Shared, registered: bool| {
-        let mut waiting = shared.access.slow.lock();
+        let mut waiting = shared.access.waiting.lock();
         if registered {
             waiting.writers += 1;
             shared
@@ -501,8 +501,8 @@ fn crossed_reads_of_two_secrets_pass_writers_waiting_on_both() {
             let inner = second.access.read(&second.gate, Entry::HoldingAnother);
             report_tx.send(inner.is_ok()).unwrap();
             let _ = step_rx.recv();
-            inner.unwrap().release().unwrap();
-            outer.release().unwrap();
+            inner.unwrap().finish().unwrap();
+            outer.finish().unwrap();
         });
         (report_rx, step_tx, handle)
     };
@@ -548,7 +548,7 @@ fn close_in_forked_child_marks_closed_and_released_once_without_waiting() {
     access.close(|| panic!("torn down twice")).unwrap();
     // In the child the read belongs to the parent's memory: ending it touches nothing.
     gate.inherited.set(true);
-    assert!(matches!(held.release(), Err(Error::Forked)));
+    assert!(matches!(held.finish(), Err(Error::Forked)));
     assert_eq!(readers(access.state()), 1);
 }
 
@@ -562,7 +562,7 @@ fn close_in_forked_child_returns_while_another_thread_holds_the_mutex() {
     let locker = {
         let shared = Arc::clone(&shared);
         thread::spawn(move || {
-            let _waiting = shared.access.slow.lock();
+            let _waiting = shared.access.waiting.lock();
             locked_tx.send(()).unwrap();
             let _ = unlock_rx.recv();
         })
@@ -604,7 +604,7 @@ fn ending_an_inherited_access_returns_forked_and_touches_nothing() {
             let state = access.state();
             gate.inherited.set(true);
             if by_release {
-                assert!(matches!(held.release(), Err(Error::Forked)));
+                assert!(matches!(held.finish(), Err(Error::Forked)));
             } else {
                 drop(held);
             }
@@ -613,7 +613,7 @@ fn ending_an_inherited_access_returns_forked_and_touches_nothing() {
             assert_eq!(gate.closes.get(), 0, "{case}: the memory was closed");
             assert_eq!(gate.open_for.get(), Some(mode));
             assert!(
-                access.slow.try_lock().is_some(),
+                access.waiting.try_lock().is_some(),
                 "{case}: mutex left locked"
             );
         }

@@ -1,6 +1,6 @@
 //! The one error type of the crate.
 
-use crate::factory::Backing;
+use crate::policy::Backing;
 use std::fmt;
 use std::io;
 

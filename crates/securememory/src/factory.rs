@@ -1,8 +1,9 @@
 //! Factories: the `SecretFactory` trait and the default protected-memory factory with its policy.
 
 use crate::error::Error;
-use crate::region::{Locking, Memory, Obtained, Region};
-use crate::secret::{Protection, Secret};
+use crate::policy::{Backing, MlockPolicy, Protection};
+use crate::region::{Memory, Region};
+use crate::secret::Secret;
 use crate::sys::{self, SecretMemSupport};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,45 +39,6 @@ pub trait SecretFactory: Send + Sync {
     /// [`Error::InvalidLength`] for zero or an unmappable length; [`Error::Random`] when the
     /// OS random-number generator fails; the factory's own errors otherwise.
     fn create_random(&self, len: usize) -> Result<Secret, Error>;
-}
-
-/// Where a secret's bytes live.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Backing {
-    /// Secret memory where the kernel offers it, anonymous memory otherwise.
-    #[default]
-    Auto,
-    /// Private anonymous memory: locked, guarded and inaccessible while idle, but readable by the
-    /// kernel (and so by root through `/proc/PID/mem`).
-    Anonymous,
-    /// `memfd_secret(2)` memory (Linux 5.14 and later): removed from the kernel's direct map, so
-    /// not even root can read it from outside the process. Fails where unavailable.
-    SecretMem,
-}
-
-impl Backing {
-    fn name(self) -> &'static str {
-        match self {
-            Backing::Auto => "automatic",
-            Backing::Anonymous => "anonymous",
-            Backing::SecretMem => "memfd_secret",
-        }
-    }
-}
-
-/// What to do when memory cannot be locked in RAM.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum MlockPolicy {
-    /// Fail with [`Error::MemoryLockLimit`].
-    #[default]
-    Required,
-    /// Go on with unlocked memory, log a warning once per factory, and report it in
-    /// [`Secret::protection`].
-    BestEffort,
-    /// Never lock (secret memory is locked by the kernel regardless).
-    Disabled,
 }
 
 /// The default factory: every secret in its own guarded, locked, access-controlled pages.
@@ -161,19 +123,11 @@ impl ProtectedMemorySecretFactory {
         }
     }
 
-    fn locking(&self) -> Locking {
-        match self.mlock {
-            MlockPolicy::Required => Locking::Required,
-            MlockPolicy::BestEffort => Locking::BestEffort,
-            MlockPolicy::Disabled => Locking::Disabled,
-        }
-    }
-
     /// Maps a writable region for `len` bytes under this factory's policy.
     fn region(&self, len: usize) -> Result<(Region, Protection), Error> {
-        let locking = self.locking();
-        let anonymous = || Region::new(len, Memory::Anonymous, locking, self.guard_pages);
-        let secret_memory = || Region::new(len, Memory::SecretMem, locking, self.guard_pages);
+        let mlock = self.mlock;
+        let anonymous = || Region::new(len, Memory::Anonymous, mlock, self.guard_pages);
+        let secret_memory = || Region::new(len, Memory::SecretMem, mlock, self.guard_pages);
         let mut gave_up_secretmem = false;
         let made = match self.backing {
             Backing::Anonymous => anonymous(),
@@ -189,7 +143,7 @@ impl ProtectedMemorySecretFactory {
                 SecretMemSupport::Available => match secret_memory() {
                     // Secret memory is charged to RLIMIT_MEMLOCK; past it, anonymous memory
                     // may still be had (unlocked) when the policy allows.
-                    Err(Error::MemoryLockLimit { .. }) if locking != Locking::Required => {
+                    Err(Error::MemoryLockLimit { .. }) if mlock != MlockPolicy::Required => {
                         gave_up_secretmem = true;
                         anonymous()
                     }
@@ -201,7 +155,7 @@ impl ProtectedMemorySecretFactory {
                 SecretMemSupport::Failed(error) => Err(Error::os(sys::call::SECRETMEM, error)),
             },
         };
-        let (region, obtained) = made.map_err(|error| match error {
+        let (region, protection) = made.map_err(|error| match error {
             Error::MemoryLockLimit {
                 requested,
                 limit,
@@ -215,34 +169,15 @@ impl ProtectedMemorySecretFactory {
             },
             error => error,
         })?;
-        let secretmem = region.is_secretmem();
-        self.report_lost_protection(&obtained, locking, gave_up_secretmem);
-        let protection = Protection {
-            backing: if secretmem {
-                Backing::SecretMem
-            } else {
-                Backing::Anonymous
-            },
-            locked: obtained.locked,
-            dump_excluded: obtained.dump_excluded,
-            fork_protected: obtained.fork_protected,
-            guard_pages: self.guard_pages,
-            canary: obtained.canary,
-            kernel_invisible: secretmem,
-        };
+        self.report_lost_protection(&protection, gave_up_secretmem);
         Ok((region, protection))
     }
 
     /// Logs, once per factory, that secrets go without a protection the policy let go: locking
     /// (`BestEffort` past the limit), or secret memory (`Auto` past the limit, whatever the
     /// mlock policy).
-    fn report_lost_protection(
-        &self,
-        obtained: &Obtained,
-        locking: Locking,
-        gave_up_secretmem: bool,
-    ) {
-        let unlocked = !obtained.locked && locking == Locking::BestEffort;
+    fn report_lost_protection(&self, protection: &Protection, gave_up_secretmem: bool) {
+        let unlocked = !protection.locked && self.mlock == MlockPolicy::BestEffort;
         if !(unlocked || gave_up_secretmem) || self.warned_unlocked.swap(true, Ordering::Relaxed) {
             return;
         }

@@ -37,16 +37,16 @@
 mod access;
 mod error;
 mod factory;
+mod policy;
 mod region;
 mod secret;
 mod sync;
 mod sys;
 
 pub use error::Error;
-pub use factory::{
-    Backing, FactoryBuilder, MlockPolicy, ProtectedMemorySecretFactory, SecretFactory,
-};
-pub use secret::{Protection, Secret, SecretReader};
+pub use factory::{FactoryBuilder, ProtectedMemorySecretFactory, SecretFactory};
+pub use policy::{Backing, MlockPolicy, Protection};
+pub use secret::{Secret, SecretReader};
 
 /// Lowers the soft core-dump limit (`RLIMIT_CORE`) of the whole process to zero.
 ///

@@ -18,7 +18,7 @@
 
 use crate::access::{Gate, Mode};
 use crate::error::Error;
-use crate::factory::Backing;
+use crate::policy::{Backing, MlockPolicy, Protection};
 use crate::sys::{self, call, PageProtection, Shortage};
 use std::io;
 use std::ptr::NonNull;
@@ -44,31 +44,21 @@ fn canary_pattern() -> &'static [u8; CANARY_LEN] {
     })
 }
 
-/// Where a region's data pages come from.
+/// Where a region's data pages come from: a [`Backing`] once `Auto` has been decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Memory {
     Anonymous,
     SecretMem,
 }
 
-/// How a region wants its data pages locked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Locking {
-    /// Fail when the pages cannot be locked.
-    Required,
-    /// Go on unlocked when the locked-memory limit refuses.
-    BestEffort,
-    /// Do not lock.
-    Disabled,
-}
-
-/// What a region got from the OS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Obtained {
-    pub(crate) locked: bool,
-    pub(crate) dump_excluded: bool,
-    pub(crate) fork_protected: bool,
-    pub(crate) canary: bool,
+impl Memory {
+    /// The backing a report names for this memory.
+    pub(crate) fn backing(self) -> Backing {
+        match self {
+            Memory::SecretMem => Backing::SecretMem,
+            Memory::Anonymous => Backing::Anonymous,
+        }
+    }
 }
 
 pub(crate) struct Region {
@@ -129,10 +119,7 @@ fn shortage(operation: &'static str, source: io::Error, requested: usize, memory
         Some(Shortage::LockLimit) => Error::MemoryLockLimit {
             requested,
             limit: sys::memlock_limit(),
-            backing: match memory {
-                Memory::SecretMem => Backing::SecretMem,
-                Memory::Anonymous => Backing::Anonymous,
-            },
+            backing: memory.backing(),
             source,
         },
         Some(Shortage::MapCount { in_use, limit }) => Error::MapCountLimit {
@@ -150,9 +137,9 @@ impl Region {
     pub(crate) fn new(
         len: usize,
         memory: Memory,
-        locking: Locking,
+        mlock: MlockPolicy,
         guard_pages: bool,
-    ) -> Result<(Region, Obtained), Error> {
+    ) -> Result<(Region, Protection), Error> {
         let page = sys::page_size();
         let (data_len, guard_len) = layout(len, page, guard_pages).ok_or(Error::InvalidLength)?;
         let total_len = data_len + 2 * guard_len;
@@ -174,7 +161,7 @@ impl Region {
             fork_generation,
             released: AtomicBool::new(false),
         };
-        match region.commit(locking) {
+        match region.commit(mlock) {
             Ok(obtained) => Ok((region, obtained)),
             Err(error) => {
                 region.unmap_unfilled();
@@ -193,7 +180,7 @@ impl Region {
         }
     }
 
-    fn commit(&mut self, locking: Locking) -> Result<Obtained, Error> {
+    fn commit(&mut self, mlock: MlockPolicy) -> Result<Protection, Error> {
         let (data, data_len) = (self.data, self.data_len);
         let secretmem = self.memory == Memory::SecretMem;
         let fork_protected = if secretmem {
@@ -221,12 +208,12 @@ impl Region {
         };
         if secretmem {
             self.locked = true;
-        } else if locking != Locking::Disabled {
+        } else if mlock != MlockPolicy::Disabled {
             // SAFETY: committed, readable and writable pages of our reservation.
             match unsafe { sys::lock(data, data_len) } {
                 Ok(()) => self.locked = true,
                 Err(source) => match self.shortage(call::LOCK, source) {
-                    Error::MemoryLockLimit { .. } if locking == Locking::BestEffort => {}
+                    Error::MemoryLockLimit { .. } if mlock == MlockPolicy::BestEffort => {}
                     error => return Err(error),
                 },
             }
@@ -246,11 +233,14 @@ impl Region {
                 .map_err(|e| Error::os(call::EXCLUDE_ANONYMOUS_FROM_FORK, e))?
         };
         self.write_canary();
-        Ok(Obtained {
+        Ok(Protection {
+            backing: self.memory.backing(),
             locked: self.locked,
             dump_excluded,
             fork_protected,
+            guard_pages: self.total_len > self.data_len,
             canary: self.canary_len() > 0,
+            kernel_invisible: secretmem,
         })
     }
 
@@ -263,11 +253,6 @@ impl Region {
     pub(crate) fn bytes(&self) -> NonNull<u8> {
         // SAFETY: len <= data_len, so the result stays inside the data pages.
         unsafe { self.data.add(self.data_len - self.len) }
-    }
-
-    /// Whether the data pages are secret memory.
-    pub(crate) fn is_secretmem(&self) -> bool {
-        self.memory == Memory::SecretMem
     }
 
     /// The secret's length in bytes.

@@ -2,42 +2,12 @@
 
 use crate::access::{Access, Entry, Mode};
 use crate::error::Error;
-use crate::factory::Backing;
+use crate::policy::Protection;
 use crate::region::Region;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::ptr;
-
-/// What protections a secret actually got on this machine.
-///
-/// A factory asks for protections; the OS decides what it can give. This report says what
-/// happened for one secret, so callers (and `securemem doctor`) can tell a guarantee from a wish.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Protection {
-    /// Where the bytes live: [`Backing::SecretMem`] or [`Backing::Anonymous`] (never `Auto`).
-    pub backing: Backing,
-    /// The pages are locked in RAM and are never swapped out.
-    pub locked: bool,
-    /// The pages are left out of core dumps (`MADV_DONTDUMP`, `MAP_NOCORE`, `MAP_CONCEAL`, or
-    /// secret memory).
-    pub dump_excluded: bool,
-    /// A forked child never sees the bytes (it gets zeros or no mapping).
-    pub fork_protected: bool,
-    /// An inaccessible guard page sits on each side of the data.
-    pub guard_pages: bool,
-    /// A canary of 8 to 16 random bytes sits right before the secret's first byte and is
-    /// checked after every write access and on close ([`Error::Corrupted`]). It covers only
-    /// those bytes: a stray write further before the secret but inside its first page goes
-    /// unnoticed. `false` when the page leaves fewer than 8 bytes before the secret (a secret of
-    /// a page size or within 8 bytes of it), where the leading guard page, if any, is the only
-    /// check.
-    pub canary: bool,
-    /// The pages are removed from the kernel's direct map: unreadable through `/proc/PID/mem`,
-    /// `process_vm_readv` and ptrace, even by root (`memfd_secret(2)`).
-    pub kernel_invisible: bool,
-}
 
 /// A secret held in protected memory.
 ///

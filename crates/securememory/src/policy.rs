@@ -1,0 +1,72 @@
+//! The policy vocabulary: what a factory is asked for ([`Backing`], [`MlockPolicy`]) and what a
+//! secret got ([`Protection`]). A leaf: it imports nothing of the crate, and every layer may
+//! speak it.
+
+/// Where a secret's bytes live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backing {
+    /// Secret memory where the kernel offers it, anonymous memory otherwise.
+    #[default]
+    Auto,
+    /// Private anonymous memory: locked, guarded and inaccessible while idle, but readable by the
+    /// kernel (and so by root through `/proc/PID/mem`).
+    Anonymous,
+    /// `memfd_secret(2)` memory (Linux 5.14 and later): removed from the kernel's direct map, so
+    /// not even root can read it from outside the process. Fails where unavailable.
+    SecretMem,
+}
+
+impl Backing {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Backing::Auto => "automatic",
+            Backing::Anonymous => "anonymous",
+            Backing::SecretMem => "memfd_secret",
+        }
+    }
+}
+
+/// What to do when memory cannot be locked in RAM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MlockPolicy {
+    /// Fail with [`Error::MemoryLockLimit`].
+    #[default]
+    Required,
+    /// Go on with unlocked memory, log a warning once per factory, and report it in
+    /// [`Secret::protection`].
+    BestEffort,
+    /// Never lock (secret memory is locked by the kernel regardless).
+    Disabled,
+}
+
+/// What protections a secret actually got on this machine.
+///
+/// A factory asks for protections; the OS decides what it can give. This report says what
+/// happened for one secret, so callers (and `securemem doctor`) can tell a guarantee from a wish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Protection {
+    /// Where the bytes live: [`Backing::SecretMem`] or [`Backing::Anonymous`] (never `Auto`).
+    pub backing: Backing,
+    /// The pages are locked in RAM and are never swapped out.
+    pub locked: bool,
+    /// The pages are left out of core dumps (`MADV_DONTDUMP`, `MAP_NOCORE`, `MAP_CONCEAL`, or
+    /// secret memory).
+    pub dump_excluded: bool,
+    /// A forked child never sees the bytes (it gets zeros or no mapping).
+    pub fork_protected: bool,
+    /// An inaccessible guard page sits on each side of the data.
+    pub guard_pages: bool,
+    /// A canary of 8 to 16 random bytes sits right before the secret's first byte and is
+    /// checked after every write access and on close ([`Error::Corrupted`]). It covers only
+    /// those bytes: a stray write further before the secret but inside its first page goes
+    /// unnoticed. `false` when the page leaves fewer than 8 bytes before the secret (a secret of
+    /// a page size or within 8 bytes of it), where the leading guard page, if any, is the only
+    /// check.
+    pub canary: bool,
+    /// The pages are removed from the kernel's direct map: unreadable through `/proc/PID/mem`,
+    /// `process_vm_readv` and ptrace, even by root (`memfd_secret(2)`).
+    pub kernel_invisible: bool,
+}

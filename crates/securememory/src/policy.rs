@@ -31,11 +31,11 @@ impl Backing {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum MlockPolicy {
-    /// Fail with [`Error::MemoryLockLimit`].
+    /// Fail with [`Error::MemoryLockLimit`](crate::Error::MemoryLockLimit).
     #[default]
     Required,
     /// Go on with unlocked memory, log a warning once per factory, and report it in
-    /// [`Secret::protection`].
+    /// [`Secret::protection`](crate::Secret::protection).
     BestEffort,
     /// Never lock (secret memory is locked by the kernel regardless).
     Disabled,
@@ -60,7 +60,7 @@ pub struct Protection {
     /// An inaccessible guard page sits on each side of the data.
     pub guard_pages: bool,
     /// A canary of 8 to 16 random bytes sits right before the secret's first byte and is
-    /// checked after every write access and on close ([`Error::Corrupted`]). It covers only
+    /// checked after every write access and on close ([`Error::Corrupted`](crate::Error::Corrupted)). It covers only
     /// those bytes: a stray write further before the secret but inside its first page goes
     /// unnoticed. `false` when the page leaves fewer than 8 bytes before the secret (a secret of
     /// a page size or within 8 bytes of it), where the leading guard page, if any, is the only

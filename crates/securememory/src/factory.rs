@@ -29,7 +29,7 @@ pub trait SecretFactory: Send + Sync {
     ///
     /// # Errors
     /// [`Error::InvalidLength`] for an empty slice; the factory's own errors otherwise.
-    // The name is the API contract (DESIGN §4), shared with the Go original's `New`.
+    // The name is part of the API contract (ARCHITECTURE.md), shared with the Go original's `New`.
     #[allow(clippy::new_ret_no_self, clippy::wrong_self_convention)]
     fn new(&self, bytes: &mut [u8]) -> Result<Secret, Error>;
 

@@ -22,19 +22,36 @@ pub enum Error {
     InvalidLength,
 
     /// Locking the secret's pages in RAM was refused because the process reached its
-    /// locked-memory limit.
-    #[error(
-        "could not lock {requested} bytes in RAM: the process has reached its locked-memory \
-         limit (RLIMIT_MEMLOCK {}; the OS said: {}); raise it with `ulimit -l`, systemd \
-         `LimitMEMLOCK=`, or a container's `--ulimit memlock=`, or close unused secrets{}",
-        LimitDisplay(*limit),
-        source,
-        LockRemedy(*backing)
+    /// locked-memory limit (on Windows: its working set had no room for more locked pages).
+    #[cfg_attr(
+        not(windows),
+        error(
+            "could not lock {requested} bytes in RAM: the process has reached its locked-memory \
+             limit (RLIMIT_MEMLOCK {}; the OS said: {}); raise it with `ulimit -l`, systemd \
+             `LimitMEMLOCK=`, or a container's `--ulimit memlock=`, or close unused secrets{}",
+            LimitDisplay(*limit),
+            source,
+            LockRemedy(*backing)
+        )
+    )]
+    // Windows bounds locked pages by the minimum working set, which `VirtualLock` failures
+    // already make the library raise once; what is left to the caller is a larger working set
+    // from the start, or the job object that caps it.
+    #[cfg_attr(
+        windows,
+        error(
+            "could not lock {requested} bytes in RAM: the process's working set has no room for \
+             more locked pages (VirtualLock said: {source}); give the process a larger minimum \
+             working set with `SetProcessWorkingSetSize`, raise the working-set limit of the job \
+             object it runs in, or close unused secrets{}",
+            LockRemedy(*backing)
+        )
     )]
     MemoryLockLimit {
         /// The page-rounded number of bytes this secret needed locked.
         requested: usize,
-        /// The soft `RLIMIT_MEMLOCK` of the process in bytes, `None` when unlimited.
+        /// The soft `RLIMIT_MEMLOCK` of the process in bytes, `None` when unlimited (always
+        /// `None` on Windows, which has no such limit).
         limit: Option<u64>,
         /// The backing the factory was asked for. [`Backing::SecretMem`] is charged to the limit
         /// whatever the [`MlockPolicy`](crate::MlockPolicy), so `BestEffort` is no way out there.
@@ -168,7 +185,16 @@ impl fmt::Display for OsRemedy<'_> {
             Some(libc::ENOMEM) => f.write_str("; the system is out of memory"),
             _ => Ok(()),
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        match self.0.raw_os_error() {
+            // ERROR_NOT_ENOUGH_MEMORY, ERROR_OUTOFMEMORY, ERROR_COMMITMENT_LIMIT.
+            Some(8 | 14 | 1455) => f.write_str(
+                "; the system is out of memory it can commit (RAM plus page files): free some, \
+                 or enlarge the page file",
+            ),
+            _ => Ok(()),
+        }
+        #[cfg(not(any(unix, windows)))]
         {
             let _ = (f, self.0);
             Ok(())
@@ -176,8 +202,10 @@ impl fmt::Display for OsRemedy<'_> {
     }
 }
 
+#[cfg(not(windows))] // Windows has no locked-memory limit to show.
 struct LimitDisplay(Option<u64>);
 
+#[cfg(not(windows))]
 impl fmt::Display for LimitDisplay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {

@@ -1,4 +1,4 @@
-//! The public API contract (DESIGN §4), one test per rule, on the default factory and on each
+//! The public API contract (ARCHITECTURE.md), one test per rule, on the default factory and on each
 //! backing where the rule could differ.
 
 mod common;
@@ -439,7 +439,7 @@ fn a_secret_that_fills_its_pages_needs_no_canary() {
     secret.close().unwrap();
 }
 
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))] // 4 KiB pages.
+#[cfg(all(any(target_os = "linux", windows), target_arch = "x86_64"))] // 4 KiB pages.
 #[test]
 fn canary_is_reported_only_when_it_has_at_least_eight_bytes() {
     let factory = ProtectedMemorySecretFactory::default();

@@ -1,5 +1,6 @@
 //! Test-only fault injection: make the next call of one operation on this thread fail, and
-//! remember the reservations this thread made so a test can check they were given back.
+//! remember the reservations this thread made so a test can check they were given back. A
+//! backend may also record its OS calls in a per-thread trace, for tests of their order.
 
 use super::Op;
 use std::cell::RefCell;
@@ -10,6 +11,7 @@ thread_local! {
     static PLANNED: RefCell<Vec<(Op, i32)>> = const { RefCell::new(Vec::new()) };
     static RESERVED: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
     static AFTER_COMMIT: RefCell<Option<CommitHook>> = const { RefCell::new(None) };
+    static TRACE: RefCell<Option<Vec<Call>>> = const { RefCell::new(None) };
 }
 
 type CommitHook = Box<dyn FnOnce(NonNull<u8>, usize)>;
@@ -28,7 +30,7 @@ pub(crate) fn after_commit(addr: NonNull<u8>, len: usize) {
 }
 
 /// Makes the next call of `op` on this thread fail with the OS error `errno`.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // The tests that use it are Linux-only.
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))] // No tests elsewhere use it.
 pub(crate) fn fail_next(op: Op, errno: i32) {
     PLANNED.with(|planned| planned.borrow_mut().push((op, errno)));
 }
@@ -51,4 +53,44 @@ pub(crate) fn record_reservation(addr: NonNull<u8>, len: usize) {
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) fn take_reservations() -> Vec<(usize, usize)> {
     RESERVED.with(|reserved| std::mem::take(&mut *reserved.borrow_mut()))
+}
+
+/// One OS call recorded in this thread's trace.
+#[cfg_attr(not(windows), allow(dead_code))] // Only the Windows backend records its calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Call {
+    /// The call, with the argument that says what it does where one does
+    /// (`VirtualProtect(PAGE_NOACCESS)`).
+    pub(crate) name: &'static str,
+    /// The two numbers it was given or gave back that matter: the address and length of a
+    /// range, or the minimum and maximum of a working set.
+    pub(crate) args: (usize, usize),
+    /// The OS error it failed with (an injected one included); `None` when it succeeded.
+    pub(crate) error: Option<i32>,
+}
+
+/// Starts recording the OS calls this thread makes, dropping any earlier record.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn start_trace() {
+    TRACE.with(|trace| *trace.borrow_mut() = Some(Vec::new()));
+}
+
+/// The calls recorded since [`start_trace`]; recording stops.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn take_trace() -> Vec<Call> {
+    TRACE.with(|trace| trace.borrow_mut().take().unwrap_or_default())
+}
+
+/// Records one OS call and its outcome, while this thread's trace is on.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn record_call<T>(name: &'static str, args: (usize, usize), result: &io::Result<T>) {
+    TRACE.with(|trace| {
+        if let Some(calls) = trace.borrow_mut().as_mut() {
+            let error = result
+                .as_ref()
+                .err()
+                .map(|e| e.raw_os_error().unwrap_or(-1));
+            calls.push(Call { name, args, error });
+        }
+    });
 }

@@ -53,7 +53,8 @@ pub(crate) enum PageProtection {
     ReadWrite,
 }
 
-/// The operations that the fault injector of the test build can make fail.
+/// The operations that the fault injector of the test build can make fail, and single calls
+/// inside one where an operation makes several.
 #[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -66,6 +67,13 @@ pub(crate) enum Op {
     ExcludeFromDump,
     ExcludeFromFork,
     Random,
+    /// One `VirtualLock` call of Windows' [`lock`], which calls it again after raising the
+    /// working set.
+    #[cfg(windows)]
+    VirtualLock,
+    /// The `SetProcessWorkingSetSize` call of Windows' [`lock`].
+    #[cfg(windows)]
+    SetWorkingSetSize,
 }
 
 macro_rules! inject {

@@ -32,6 +32,33 @@ fn check(ret: windows_sys::core::BOOL) -> io::Result<()> {
     }
 }
 
+/// Hands the result of one Win32 call through; the test build records the call in the thread's
+/// trace (`fault::start_trace`), so that tests can check the order of calls.
+fn traced<T>(name: &'static str, args: (usize, usize), result: io::Result<T>) -> io::Result<T> {
+    #[cfg(test)]
+    super::fault::record_call(name, args, &result);
+    #[cfg(not(test))]
+    let _ = (name, args);
+    result
+}
+
+/// The error the test build was told to fail the next `Op::$op` call with
+/// (`fault::fail_next`), or `Ok` to make the call.
+macro_rules! injected {
+    ($op:ident) => {{
+        #[cfg(test)]
+        let planned = super::fault::check(super::Op::$op);
+        #[cfg(not(test))]
+        let planned: io::Result<()> = Ok(());
+        planned
+    }};
+}
+
+/// An address and a length, as recorded in the call trace.
+fn range(addr: NonNull<u8>, len: usize) -> (usize, usize) {
+    (addr.as_ptr() as usize, len)
+}
+
 /// The calls behind each operation, for error messages.
 pub(crate) mod call {
     pub(crate) const RESERVE: &str = "VirtualAlloc(MEM_RESERVE)";
@@ -78,7 +105,8 @@ pub(super) fn page_size() -> usize {
 pub(super) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
     // SAFETY: a fresh reservation at an address the system chooses aliases nothing.
     let ptr = unsafe { VirtualAlloc(std::ptr::null(), len, MEM_RESERVE, PAGE_NOACCESS) };
-    NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)
+    let reserved = NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error);
+    traced(call::RESERVE, (ptr as usize, len), reserved)
 }
 
 /// `VirtualAlloc(addr, len, MEM_COMMIT, PAGE_READWRITE)`—Back reserved pages with zeroed,
@@ -93,11 +121,12 @@ pub(super) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Resu
     // SAFETY: the caller guarantees the range lies inside its own reservation and holds nothing
     // it still needs.
     let ptr = unsafe { VirtualAlloc(addr.as_ptr().cast(), len, MEM_COMMIT, PAGE_READWRITE) };
-    if ptr.is_null() {
+    let committed = if ptr.is_null() {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
-    }
+    };
+    traced(call::COMMIT, range(addr, len), committed)
 }
 
 /// `VirtualProtect(addr, len, prot, &old)`—Change the protection of committed pages.
@@ -112,15 +141,16 @@ pub(super) unsafe fn protect(
     len: usize,
     prot: PageProtection,
 ) -> io::Result<()> {
-    let new = match prot {
-        PageProtection::NoAccess => PAGE_NOACCESS,
-        PageProtection::ReadOnly => PAGE_READONLY,
-        PageProtection::ReadWrite => PAGE_READWRITE,
+    let (new, name) = match prot {
+        PageProtection::NoAccess => (PAGE_NOACCESS, "VirtualProtect(PAGE_NOACCESS)"),
+        PageProtection::ReadOnly => (PAGE_READONLY, "VirtualProtect(PAGE_READONLY)"),
+        PageProtection::ReadWrite => (PAGE_READWRITE, "VirtualProtect(PAGE_READWRITE)"),
     };
     let mut old: PAGE_PROTECTION_FLAGS = 0;
     // SAFETY: the caller guarantees the range is its own committed pages; `old` is a valid
     // out-pointer (VirtualProtect fails when it is null).
-    check(unsafe { VirtualProtect(addr.as_ptr().cast(), len, new, &mut old) })
+    let protected = check(unsafe { VirtualProtect(addr.as_ptr().cast(), len, new, &mut old) });
+    traced(name, range(addr, len), protected)
 }
 
 /// `VirtualLock(addr, len)`—Lock pages in the working set so they are never paged out; on
@@ -138,8 +168,8 @@ pub(super) unsafe fn protect(
 /// - [Microsoft `GetProcessWorkingSetSize`](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-getprocessworkingsetsize)
 /// - [Microsoft `SetProcessWorkingSetSize`](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-setprocessworkingsetsize)
 pub(super) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    // SAFETY: the caller guarantees the range is its own committed, accessible pages.
-    let first = check(unsafe { VirtualLock(addr.as_ptr().cast(), len) });
+    // SAFETY: forwarded from the caller.
+    let first = unsafe { virtual_lock(addr, len) };
     match first {
         Err(error) if error.raw_os_error() == Some(ERROR_WORKING_SET_QUOTA as i32) => {
             grow_working_set(len).map_err(|grow_error| {
@@ -147,10 +177,22 @@ pub(super) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
                 error
             })?;
             // SAFETY: as above.
-            check(unsafe { VirtualLock(addr.as_ptr().cast(), len) })
+            unsafe { virtual_lock(addr, len) }
         }
         other => other,
     }
+}
+
+/// `VirtualLock(addr, len)`—One attempt of [`lock`].
+///
+/// # Safety
+/// See [`super::lock`].
+unsafe fn virtual_lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    let locked = injected!(VirtualLock).and_then(|()| {
+        // SAFETY: the caller guarantees the range is its own committed, accessible pages.
+        check(unsafe { VirtualLock(addr.as_ptr().cast(), len) })
+    });
+    traced(call::LOCK, range(addr, len), locked)
 }
 
 /// `GetProcessWorkingSetSize` + `SetProcessWorkingSetSize`—Raise the minimum and maximum working
@@ -170,11 +212,15 @@ fn grow_working_set(len: usize) -> io::Result<()> {
     let process = unsafe { GetCurrentProcess() };
     let (mut min, mut max) = (0usize, 0usize);
     // SAFETY: `min` and `max` are valid out-pointers.
-    check(unsafe { GetProcessWorkingSetSize(process, &mut min, &mut max) })?;
+    let got = check(unsafe { GetProcessWorkingSetSize(process, &mut min, &mut max) });
+    traced("GetProcessWorkingSetSize", (min, max), got)?;
     let new_min = min.saturating_add(extra);
     let new_max = max.saturating_add(extra).max(new_min);
-    // SAFETY: plain values; the system validates them.
-    check(unsafe { SetProcessWorkingSetSize(process, new_min, new_max) })
+    let set = injected!(SetWorkingSetSize).and_then(|()| {
+        // SAFETY: plain values; the system validates them.
+        check(unsafe { SetProcessWorkingSetSize(process, new_min, new_max) })
+    });
+    traced("SetProcessWorkingSetSize", (new_min, new_max), set)
 }
 
 /// `VirtualUnlock(addr, len)`—Unlock pages locked by [`lock`].
@@ -186,7 +232,8 @@ fn grow_working_set(len: usize) -> io::Result<()> {
 /// - [Microsoft](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-virtualunlock)
 pub(super) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is its own committed pages.
-    check(unsafe { VirtualUnlock(addr.as_ptr().cast(), len) })
+    let unlocked = check(unsafe { VirtualUnlock(addr.as_ptr().cast(), len) });
+    traced(call::UNLOCK, range(addr, len), unlocked)
 }
 
 /// `VirtualFree(addr, 0, MEM_RELEASE)`—Release the whole reservation (and any lock on it).
@@ -200,10 +247,10 @@ pub(super) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 /// # References
 /// - [Microsoft](https://learn.microsoft.com/en-us/windows/win32/api/memoryapi/nf-memoryapi-virtualfree)
 pub(super) unsafe fn release(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    let _ = len;
     // SAFETY: the caller guarantees `addr` is the base of its own reservation and nothing uses
     // it after.
-    check(unsafe { VirtualFree(addr.as_ptr().cast(), 0, MEM_RELEASE) })
+    let released = check(unsafe { VirtualFree(addr.as_ptr().cast(), 0, MEM_RELEASE) });
+    traced(call::RELEASE, range(addr, len), released)
 }
 
 /// No call—Windows has no per-range exclusion from crash dumps: always `Ok(false)`.
@@ -293,3 +340,6 @@ pub(super) fn disable_core_dumps() -> io::Result<()> {
 pub(super) fn fork_generation() -> u64 {
     0
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,7 @@
 //! The one error type of the crate.
 
 use crate::policy::Backing;
+use crate::sys::{LockLimitText, OsError, Remedy};
 use std::fmt;
 use std::io;
 
@@ -23,29 +24,10 @@ pub enum Error {
 
     /// Locking the secret's pages in RAM was refused because the process reached its
     /// locked-memory limit (on Windows: its working set had no room for more locked pages).
-    #[cfg_attr(
-        not(windows),
-        error(
-            "could not lock {requested} bytes in RAM: the process has reached its locked-memory \
-             limit (RLIMIT_MEMLOCK {}; the OS said: {}); raise it with `ulimit -l`, systemd \
-             `LimitMEMLOCK=`, or a container's `--ulimit memlock=`, or close unused secrets{}",
-            LimitDisplay(*limit),
-            source,
-            LockRemedy(*backing)
-        )
-    )]
-    // Windows bounds locked pages by the minimum working set, which `VirtualLock` failures
-    // already make the library raise once; what is left to the caller is a larger working set
-    // from the start, or the job object that caps it.
-    #[cfg_attr(
-        windows,
-        error(
-            "could not lock {requested} bytes in RAM: the process's working set has no room for \
-             more locked pages (VirtualLock said: {source}); give the process a larger minimum \
-             working set with `SetProcessWorkingSetSize`, raise the working-set limit of the job \
-             object it runs in, or close unused secrets{}",
-            LockRemedy(*backing)
-        )
+    #[error(
+        "could not lock {requested} bytes in RAM: {}{}",
+        LockLimitText { limit: *limit, source },
+        LockRemedy(*backing)
     )]
     MemoryLockLimit {
         /// The page-rounded number of bytes this secret needed locked.
@@ -132,7 +114,7 @@ pub enum Error {
     Corrupted,
 
     /// An operating-system call failed.
-    #[error("{operation} failed: {source}{}", OsRemedy(source))]
+    #[error("{operation} failed: {source}{}", Remedy(source))]
     Os {
         /// The operation, named after the call (`mmap`, `mprotect`, `mlock`, ...).
         operation: &'static str,
@@ -151,6 +133,12 @@ impl Error {
     }
 }
 
+impl From<OsError> for Error {
+    fn from(error: OsError) -> Self {
+        Error::os(error.call, error.source)
+    }
+}
+
 /// What to do about a locked-memory limit besides raising it or closing secrets.
 struct LockRemedy(Backing);
 
@@ -163,54 +151,6 @@ impl fmt::Display for LockRemedy {
                  unlocked anonymous memory past it)",
             ),
             _ => f.write_str(", or choose `MlockPolicy::BestEffort`"),
-        }
-    }
-}
-
-/// What to do about an OS error that says a resource of the process or system ran out.
-struct OsRemedy<'a>(&'a io::Error);
-
-impl fmt::Display for OsRemedy<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        #[cfg(unix)]
-        match self.0.raw_os_error() {
-            Some(libc::EMFILE) => f.write_str(
-                "; the process has as many open file descriptors as RLIMIT_NOFILE allows: close \
-                 some, or raise it with `ulimit -n` or systemd `LimitNOFILE=`",
-            ),
-            Some(libc::ENFILE) => f.write_str(
-                "; the system has as many open files as fs.file-max allows: close some, or \
-                 raise it with `sysctl -w fs.file-max=N`",
-            ),
-            Some(libc::ENOMEM) => f.write_str("; the system is out of memory"),
-            _ => Ok(()),
-        }
-        #[cfg(windows)]
-        match self.0.raw_os_error() {
-            // ERROR_NOT_ENOUGH_MEMORY, ERROR_OUTOFMEMORY, ERROR_COMMITMENT_LIMIT.
-            Some(8 | 14 | 1455) => f.write_str(
-                "; the system is out of memory it can commit (RAM plus page files): free some, \
-                 or enlarge the page file",
-            ),
-            _ => Ok(()),
-        }
-        #[cfg(not(any(unix, windows)))]
-        {
-            let _ = (f, self.0);
-            Ok(())
-        }
-    }
-}
-
-#[cfg(not(windows))] // Windows has no locked-memory limit to show.
-struct LimitDisplay(Option<u64>);
-
-#[cfg(not(windows))]
-impl fmt::Display for LimitDisplay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(bytes) => write!(f, "soft limit: {bytes} bytes"),
-            None => f.write_str("soft limit: reported as unlimited"),
         }
     }
 }

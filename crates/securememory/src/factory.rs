@@ -102,8 +102,7 @@ impl FactoryBuilder {
 
     /// Makes the factory.
     pub fn build(self) -> ProtectedMemorySecretFactory {
-        // Install the fork handler before any secret exists.
-        sys::fork_generation();
+        sys::install_fork_handlers();
         ProtectedMemorySecretFactory {
             backing: self.backing,
             mlock: self.mlock,
@@ -133,11 +132,11 @@ impl ProtectedMemorySecretFactory {
             Backing::Anonymous => anonymous(),
             Backing::SecretMem => match sys::secretmem_support() {
                 SecretMemSupport::Available => secret_memory(),
-                SecretMemSupport::Unavailable(error) => Err(Error::BackingUnavailable {
+                SecretMemSupport::Unavailable(reason) => Err(Error::BackingUnavailable {
                     backing: Backing::SecretMem.name(),
-                    reason: secretmem_refusal(&error),
+                    reason,
                 }),
-                SecretMemSupport::Failed(error) => Err(Error::os(sys::call::SECRETMEM, error)),
+                SecretMemSupport::Failed(error) => Err(error.into()),
             },
             Backing::Auto => match sys::secretmem_support() {
                 SecretMemSupport::Available => match secret_memory() {
@@ -152,7 +151,7 @@ impl ProtectedMemorySecretFactory {
                 SecretMemSupport::Unavailable(_) => anonymous(),
                 // A momentary shortage (descriptors, memory) is reported, not papered over with
                 // weaker memory.
-                SecretMemSupport::Failed(error) => Err(Error::os(sys::call::SECRETMEM, error)),
+                SecretMemSupport::Failed(error) => Err(error.into()),
             },
         };
         let (region, protection) = made.map_err(|error| match error {
@@ -221,26 +220,6 @@ impl ProtectedMemorySecretFactory {
         crate::access::Gate::conceal(&region)?;
         Ok(Secret::from_region(region, protection))
     }
-}
-
-/// Why secret memory was refused for good, for [`Error::BackingUnavailable`].
-fn secretmem_refusal(error: &io::Error) -> String {
-    #[cfg(target_os = "linux")]
-    match error.raw_os_error() {
-        Some(libc::ENOSYS) => {
-            return "memfd_secret(2) is not offered by this kernel (Linux 5.14+, \
-                    secretmem.enable=1 before 6.5)"
-                .into()
-        }
-        Some(libc::EPERM | libc::EACCES) => {
-            return format!(
-                "memfd_secret(2) is forbidden to this process, by a seccomp filter or a \
-                 security policy ({error})"
-            )
-        }
-        _ => {}
-    }
-    format!("memfd_secret(2) is not available here ({error})")
 }
 
 impl SecretFactory for ProtectedMemorySecretFactory {

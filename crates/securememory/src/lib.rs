@@ -25,5 +25,5 @@ pub use secret::{Secret, SecretReader};
 /// # Errors
 /// [`Error::Os`] when the OS refuses the change (or has no such limit, on Windows).
 pub fn disable_core_dumps() -> Result<(), Error> {
-    sys::disable_core_dumps().map_err(|e| Error::os(sys::call::CORE_LIMIT, e))
+    sys::disable_core_dumps().map_err(Error::from)
 }

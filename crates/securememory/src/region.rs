@@ -19,8 +19,7 @@
 use crate::access::{Gate, Mode};
 use crate::error::Error;
 use crate::policy::{Backing, MlockPolicy, Protection};
-use crate::sys::{self, call, PageProtection, Shortage};
-use std::io;
+use crate::sys::{self, OsError, PageProtection, Shortage};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -69,7 +68,8 @@ pub(crate) struct Region {
     len: usize,
     memory: Memory,
     locked: bool,
-    fork_generation: u64,
+    /// The process epoch the region was made in: another one means a forked child.
+    epoch: u64,
     released: AtomicBool,
 }
 
@@ -114,20 +114,20 @@ fn refuse_if_it_cannot_fit(data_len: usize) -> Result<(), Error> {
 
 /// The error for a refused map or lock call: the limit that ran short when one did, the call and
 /// its OS error otherwise.
-fn shortage(operation: &'static str, source: io::Error, requested: usize, memory: Memory) -> Error {
-    match sys::diagnose(&source, requested, operation == call::LOCK) {
+fn shortage(error: OsError, requested: usize, memory: Memory) -> Error {
+    match sys::diagnose(&error, requested) {
         Some(Shortage::LockLimit) => Error::MemoryLockLimit {
             requested,
             limit: sys::memlock_limit(),
             backing: memory.backing(),
-            source,
+            source: error.source,
         },
         Some(Shortage::MapCount { in_use, limit }) => Error::MapCountLimit {
             in_use,
             limit,
-            source,
+            source: error.source,
         },
-        Some(Shortage::Memory) | None => Error::os(operation, source),
+        Some(Shortage::Memory) | None => error.into(),
     }
 }
 
@@ -144,9 +144,8 @@ impl Region {
         let (data_len, guard_len) = layout(len, page, guard_pages).ok_or(Error::InvalidLength)?;
         let total_len = data_len + 2 * guard_len;
         refuse_if_it_cannot_fit(data_len)?;
-        let fork_generation = sys::fork_generation();
-        let base =
-            sys::reserve(total_len).map_err(|e| shortage(call::RESERVE, e, data_len, memory))?;
+        let epoch = sys::process_epoch();
+        let base = sys::reserve(total_len).map_err(|e| shortage(e, data_len, memory))?;
         // SAFETY: guard_len < total_len, so the data pages start inside the reservation.
         let data = unsafe { base.add(guard_len) };
         // From here on, dropping `region` unmaps the reservation (nothing is in it to wipe yet).
@@ -158,7 +157,7 @@ impl Region {
             len,
             memory,
             locked: false,
-            fork_generation,
+            epoch,
             released: AtomicBool::new(false),
         };
         match region.commit(mlock) {
@@ -175,8 +174,11 @@ impl Region {
     fn unmap_unfilled(&self) {
         self.released.store(true, Ordering::Release);
         // SAFETY: exactly the reservation made in `new`; nothing uses it after this.
-        if let Err(e) = unsafe { sys::release(self.base, self.total_len) } {
-            log::error!("munmap of an unfilled secret region failed: {e}");
+        if let Err(e) = unsafe { sys::unmap(self.base, self.total_len) } {
+            log::error!(
+                "unmapping an unfilled secret region failed: {}",
+                Error::from(e)
+            );
         }
     }
 
@@ -190,20 +192,17 @@ impl Region {
             let mapped = {
                 let _no_fork = sys::ForkExclusion::hold();
                 // SAFETY: the data pages lie inside our reservation and hold nothing yet.
-                match unsafe { sys::map_secretmem(data, data_len) } {
+                unsafe { sys::map_secretmem(data, data_len) }.and_then(|()| {
                     // SAFETY: just mapped pages of our reservation.
-                    Ok(()) => unsafe { sys::exclude_from_fork(data, data_len, true) }
-                        .map_err(|e| (call::EXCLUDE_SECRETMEM_FROM_FORK, e)),
-                    Err(e) => Err((call::SECRETMEM, e)),
-                }
+                    unsafe { sys::exclude_from_fork(data, data_len, true) }
+                })
             };
             // The kernel locks secret memory itself (charging it to RLIMIT_MEMLOCK) and
             // excludes it from dumps.
-            mapped.map_err(|(call, e)| self.shortage(call, e))?
+            mapped.map_err(|e| self.shortage(e))?
         } else {
             // SAFETY: the data pages lie inside our reservation and hold nothing yet.
-            unsafe { sys::commit_anonymous(data, data_len) }
-                .map_err(|e| self.shortage(call::COMMIT, e))?;
+            unsafe { sys::commit_anonymous(data, data_len) }.map_err(|e| self.shortage(e))?;
             false
         };
         if secretmem {
@@ -212,7 +211,7 @@ impl Region {
             // SAFETY: committed, readable and writable pages of our reservation.
             match unsafe { sys::lock(data, data_len) } {
                 Ok(()) => self.locked = true,
-                Err(source) => match self.shortage(call::LOCK, source) {
+                Err(error) => match self.shortage(error) {
                     Error::MemoryLockLimit { .. } if mlock == MlockPolicy::BestEffort => {}
                     error => return Err(error),
                 },
@@ -222,15 +221,13 @@ impl Region {
             true
         } else {
             // SAFETY: committed pages of our reservation.
-            unsafe { sys::exclude_from_dump(data, data_len) }
-                .map_err(|e| Error::os(call::EXCLUDE_FROM_DUMP, e))?
+            unsafe { sys::exclude_from_dump(data, data_len) }?
         };
         let fork_protected = if secretmem {
             fork_protected
         } else {
             // SAFETY: committed pages of our reservation.
-            unsafe { sys::exclude_from_fork(data, data_len, false) }
-                .map_err(|e| Error::os(call::EXCLUDE_ANONYMOUS_FROM_FORK, e))?
+            unsafe { sys::exclude_from_fork(data, data_len, false) }?
         };
         self.write_canary();
         Ok(Protection {
@@ -245,8 +242,8 @@ impl Region {
     }
 
     /// The error for a refused map or lock call on the data pages.
-    fn shortage(&self, operation: &'static str, source: io::Error) -> Error {
-        shortage(operation, source, self.data_len, self.memory)
+    fn shortage(&self, error: OsError) -> Error {
+        shortage(error, self.data_len, self.memory)
     }
 
     /// The first byte of the secret (right-aligned against the trailing guard).
@@ -297,14 +294,13 @@ impl Region {
 
     /// Whether this process is a fork of the one that made the region.
     pub(crate) fn in_forked_child(&self) -> bool {
-        sys::fork_generation() != self.fork_generation
+        sys::process_epoch() != self.epoch
     }
 
     fn set_protection(&self, prot: PageProtection) -> Result<(), Error> {
         // SAFETY: the data pages are committed pages of our live reservation; the access protocol
         // guarantees no slice into them outlives the access that the change ends.
-        unsafe { sys::protect(self.data, self.data_len, prot) }
-            .map_err(|e| Error::os(call::PROTECT, e))
+        unsafe { sys::protect(self.data, self.data_len, prot) }.map_err(Error::from)
     }
 
     /// Wipes the secret, unlocks and unmaps. Runs once; later calls do nothing.
@@ -329,12 +325,12 @@ impl Region {
             if self.locked && self.memory == Memory::Anonymous {
                 // SAFETY: committed pages of our reservation.
                 if let Err(e) = unsafe { sys::unlock(self.data, self.data_len) } {
-                    first_error.get_or_insert(Error::os(call::UNLOCK, e));
+                    first_error.get_or_insert(e.into());
                 }
             }
         }
         if let Err(e) = self.unmap() {
-            first_error.get_or_insert(Error::os(call::RELEASE, e));
+            first_error.get_or_insert(e.into());
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -342,11 +338,11 @@ impl Region {
     /// Unmaps the reservation. In a forked child whose data pages were left out of the fork,
     /// only the guard pages are ours: the child may have mapped something else where the data
     /// pages were, and that must survive.
-    fn unmap(&self) -> io::Result<()> {
+    fn unmap(&self) -> Result<(), OsError> {
         let secretmem = self.memory == Memory::SecretMem;
         if !self.in_forked_child() || sys::child_keeps_data_mapping(secretmem) {
             // SAFETY: exactly the reservation made in `new`; nothing uses it after this.
-            return unsafe { sys::release(self.base, self.total_len) };
+            return unsafe { sys::unmap(self.base, self.total_len) };
         }
         let guard_len = (self.total_len - self.data_len) / 2;
         if guard_len == 0 {
@@ -356,9 +352,9 @@ impl Region {
         let trailing = unsafe { self.data.add(self.data_len) };
         // SAFETY: the two guard ranges of our reservation (the child inherited them); a
         // forked child is a Unix process, where part of a mapping can be unmapped.
-        unsafe { sys::release(self.base, guard_len) }?;
+        unsafe { sys::unmap(self.base, guard_len) }?;
         // SAFETY: as above.
-        unsafe { sys::release(trailing, guard_len) }
+        unsafe { sys::unmap(trailing, guard_len) }
     }
 }
 

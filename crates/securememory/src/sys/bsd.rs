@@ -25,7 +25,8 @@
 
 pub(super) use super::unix::{
     commit_anonymous, disable_core_dumps, fork_generation, memlock_limit, mlock as lock,
-    mprotect as protect, munlock as unlock, munmap as release, page_size,
+    mprotect as protect, munlock as unlock, munmap as release, page_size, write_lock_limit,
+    write_remedy,
 };
 use super::{unix, SecretMemSupport};
 use std::io;
@@ -224,7 +225,7 @@ pub(super) unsafe fn exclude_from_fork(
 /// # References
 /// - [Linux](https://man7.org/linux/man-pages/man2/memfd_secret.2.html)
 pub(super) fn secretmem_support() -> SecretMemSupport {
-    SecretMemSupport::Unavailable(io::Error::from_raw_os_error(libc::ENOSYS))
+    SecretMemSupport::Unavailable("memfd_secret(2) exists on Linux only".into())
 }
 
 /// `memfd_secret(2)`—Linux only: always fails with `ENOSYS` (kind

@@ -5,13 +5,14 @@ mod resources;
 
 pub(super) use super::unix::{
     commit_anonymous, disable_core_dumps, memlock_limit, mprotect as protect, munmap as release,
-    page_size,
+    page_size, write_lock_limit, write_remedy,
 };
-use super::{unix, SecretMemSupport};
+use super::{unix, OsError, SecretMemSupport};
 pub(super) use fork::epoch as fork_generation;
 pub(crate) use fork::ForkExclusion;
 pub(super) use resources::{diagnose, memory_available};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -42,7 +43,7 @@ pub(crate) mod call {
 /// - [Linux](https://man7.org/linux/man-pages/man2/mlock.2.html)
 pub(super) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is its own committed pages.
-    syscall_result(unsafe { libc::syscall(libc::SYS_mlock, addr.as_ptr(), len) })
+    unix::check_syscall(unsafe { libc::syscall(libc::SYS_mlock, addr.as_ptr(), len) }).map(drop)
 }
 
 /// `munlock(addr, len)`—Unlock pages, through the raw system call (see [`lock`]).
@@ -54,15 +55,7 @@ pub(super) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 /// - [Linux](https://man7.org/linux/man-pages/man2/munlock.2.html)
 pub(super) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is its own committed pages.
-    syscall_result(unsafe { libc::syscall(libc::SYS_munlock, addr.as_ptr(), len) })
-}
-
-fn syscall_result(ret: libc::c_long) -> io::Result<()> {
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    unix::check_syscall(unsafe { libc::syscall(libc::SYS_munlock, addr.as_ptr(), len) }).map(drop)
 }
 
 /// Whether a forked child still has the data pages mapped: zero-filled anonymous memory
@@ -81,11 +74,7 @@ pub(super) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
 /// - [Linux](https://man7.org/linux/man-pages/man2/madvise.2.html)
 unsafe fn madvise(addr: NonNull<u8>, len: usize, advice: libc::c_int) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is its own mapping.
-    if unsafe { libc::madvise(addr.as_ptr().cast(), len, advice) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    unix::check(unsafe { libc::madvise(addr.as_ptr().cast(), len, advice) })
 }
 
 /// `madvise(MADV_DONTDUMP)`—Leave the range out of core dumps (VmFlag `dd`); gdb's `gcore`
@@ -119,23 +108,13 @@ pub(super) unsafe fn exclude_from_fork(
 ///
 /// # References
 /// - [Linux](https://man7.org/linux/man-pages/man2/memfd_secret.2.html)
-fn memfd_secret() -> io::Result<libc::c_int> {
+fn memfd_secret() -> io::Result<OwnedFd> {
     // SAFETY: memfd_secret takes one flags argument and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
-    if fd < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        libc::c_int::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))
-    }
-}
-
-struct OwnedFd(libc::c_int);
-
-impl Drop for OwnedFd {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is ours and closed exactly once; a mapping made from it stays.
-        unsafe { libc::close(self.0) };
-    }
+    let fd = unix::check_syscall(fd)?;
+    let fd = libc::c_int::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: a descriptor the kernel just made for us and that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Whether `memfd_secret(2)` can be had. A permanent refusal is remembered: ENOSYS (before Linux
@@ -148,12 +127,14 @@ pub(super) fn secretmem_support() -> SecretMemSupport {
     match ANSWER.load(Ordering::Relaxed) {
         -1 => return SecretMemSupport::Available,
         0 => {}
-        errno => return SecretMemSupport::Unavailable(io::Error::from_raw_os_error(errno)),
+        errno => {
+            return SecretMemSupport::Unavailable(refusal(&io::Error::from_raw_os_error(errno)))
+        }
     }
     // The probe's descriptor is empty, but a child has no business with it either.
     let probed = {
         let _no_fork = ForkExclusion::hold();
-        memfd_secret().map(OwnedFd)
+        memfd_secret()
     };
     match probed {
         Ok(_fd) => {
@@ -169,10 +150,27 @@ pub(super) fn secretmem_support() -> SecretMemSupport {
                 | libc::EOPNOTSUPP),
             ) => {
                 ANSWER.store(errno, Ordering::Relaxed);
-                SecretMemSupport::Unavailable(error)
+                SecretMemSupport::Unavailable(refusal(&error))
             }
-            _ => SecretMemSupport::Failed(error),
+            _ => SecretMemSupport::Failed(OsError {
+                call: call::SECRETMEM,
+                source: error,
+            }),
         },
+    }
+}
+
+/// Why `memfd_secret(2)` is refused for good, in words.
+fn refusal(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(libc::ENOSYS) => "memfd_secret(2) is not offered by this kernel (Linux 5.14+, \
+                               secretmem.enable=1 before 6.5)"
+            .into(),
+        Some(libc::EPERM | libc::EACCES) => format!(
+            "memfd_secret(2) is forbidden to this process, by a seccomp filter or a security \
+             policy ({error})"
+        ),
+        _ => format!("memfd_secret(2) is not available here ({error})"),
     }
 }
 
@@ -184,13 +182,11 @@ pub(super) fn secretmem_support() -> SecretMemSupport {
 /// the mapping locked (`lo`) and excluded from dumps (`dd`) itself; `mlock` on it fails with
 /// ENOMEM and is not needed.
 pub(super) unsafe fn map_secretmem(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    let fd = OwnedFd(memfd_secret()?);
+    let fd = memfd_secret()?;
     let size =
         libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `fd` is a valid descriptor we own.
-    if unsafe { libc::ftruncate(fd.0, size) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unix::check(unsafe { libc::ftruncate(fd.as_raw_fd(), size) })?;
     // SAFETY: the caller owns the range; MAP_FIXED replaces only it.
     let ptr = unsafe {
         libc::mmap(
@@ -198,7 +194,7 @@ pub(super) unsafe fn map_secretmem(addr: NonNull<u8>, len: usize) -> io::Result<
             len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED | libc::MAP_FIXED,
-            fd.0,
+            fd.as_raw_fd(),
             0,
         )
     };

@@ -14,8 +14,11 @@
 //! `memfd_secret(2)`, `minherit(2)` and the BSD map flags are not all exposed by `rustix`, and a
 //! handful of thin wrappers with man-page references is easier to audit than two layers.
 //!
-//! Errors are `std::io::Error` carrying the OS error code; the layer above names the operation.
+//! Errors are [`OsError`]s: the call that failed, named as this OS names it, and the OS error.
+//! Nothing above this module names a system call, an errno or a Windows error code; what the
+//! layers above need to know of one (which limit ran short, what to do about it) they ask here.
 
+use std::fmt;
 use std::io;
 use std::ptr::NonNull;
 
@@ -40,7 +43,21 @@ use windows as os;
 #[cfg(test)]
 pub(crate) mod fault;
 
-pub(crate) use os::call;
+use os::call;
+
+/// An OS call that failed: which one (as this OS names it, e.g. `mlock` or `VirtualLock`) and
+/// what the OS said.
+#[derive(Debug)]
+pub(crate) struct OsError {
+    pub(crate) call: &'static str,
+    pub(crate) source: io::Error,
+}
+
+impl OsError {
+    fn of(call: &'static str) -> impl FnOnce(io::Error) -> OsError {
+        move |source| OsError { call, source }
+    }
+}
 
 /// What the data pages of a region may be used for right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,9 +94,9 @@ pub(crate) enum Op {
 }
 
 macro_rules! inject {
-    ($op:ident) => {
+    ($op:ident, $call:expr) => {
         #[cfg(test)]
-        fault::check(Op::$op)?;
+        fault::check(Op::$op).map_err(OsError::of($call))?;
     };
 }
 
@@ -94,9 +111,9 @@ pub(crate) fn page_size() -> usize {
 ///
 /// On Unix this is an anonymous private `PROT_NONE` mapping (with `MAP_NOCORE` or `MAP_CONCEAL`
 /// where the OS has one); on Windows a `MEM_RESERVE` allocation.
-pub(crate) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
-    inject!(Reserve);
-    let reserved = os::reserve(len);
+pub(crate) fn reserve(len: usize) -> Result<NonNull<u8>, OsError> {
+    inject!(Reserve, call::RESERVE);
+    let reserved = os::reserve(len).map_err(OsError::of(call::RESERVE));
     #[cfg(test)]
     if let Ok(addr) = &reserved {
         fault::record_reservation(*addr, len);
@@ -110,10 +127,10 @@ pub(crate) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
 /// # Safety
 /// The range must lie inside a reservation made by [`reserve`] and hold nothing the caller still
 /// needs.
-pub(crate) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    inject!(Commit);
+pub(crate) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> Result<(), OsError> {
+    inject!(Commit, call::COMMIT);
     // SAFETY: forwarded from the caller.
-    unsafe { os::commit_anonymous(addr, len) }?;
+    unsafe { os::commit_anonymous(addr, len) }.map_err(OsError::of(call::COMMIT))?;
     #[cfg(test)]
     fault::after_commit(addr, len);
     Ok(())
@@ -124,10 +141,11 @@ pub(crate) unsafe fn commit_anonymous(addr: NonNull<u8>, len: usize) -> io::Resu
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // Only Linux has secret memory.
 pub(crate) enum SecretMemSupport {
     Available,
-    /// Refused for good (no such call, or forbidden); the answer is remembered.
-    Unavailable(io::Error),
+    /// Refused for good (no such call, or forbidden), and why in words; the answer is
+    /// remembered.
+    Unavailable(String),
     /// Refused for now (descriptors or memory exhausted); the next call asks again.
-    Failed(io::Error),
+    Failed(OsError),
 }
 
 /// Whether this kernel offers `memfd_secret(2)` to this process.
@@ -164,10 +182,12 @@ pub(crate) enum Shortage {
     Memory,
 }
 
-/// Which limit made `error` happen when `requested` bytes were mapped or (`locking`) locked;
-/// `None` when the error is not a shortage. On Linux this reads the process's standing from
+/// Which limit made `error` happen when `requested` bytes were mapped or locked; `None` when the
+/// error is not a shortage. On Linux this reads the process's standing from
 /// `/proc`; elsewhere it goes by the error code alone.
-pub(crate) fn diagnose(error: &io::Error, requested: usize, locking: bool) -> Option<Shortage> {
+pub(crate) fn diagnose(error: &OsError, requested: usize) -> Option<Shortage> {
+    let locking = error.call == call::LOCK;
+    let error = &error.source;
     #[cfg(target_os = "linux")]
     {
         os::diagnose(error, requested, locking)
@@ -209,10 +229,10 @@ pub(crate) fn memory_available() -> Option<u64> {
 ///
 /// # Safety
 /// As for [`commit_anonymous`].
-pub(crate) unsafe fn map_secretmem(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    inject!(MapSecretMem);
+pub(crate) unsafe fn map_secretmem(addr: NonNull<u8>, len: usize) -> Result<(), OsError> {
+    inject!(MapSecretMem, call::SECRETMEM);
     // SAFETY: forwarded from the caller.
-    unsafe { os::map_secretmem(addr, len) }
+    unsafe { os::map_secretmem(addr, len) }.map_err(OsError::of(call::SECRETMEM))
 }
 
 /// Changes the protection of committed pages (`mprotect(2)`, `VirtualProtect`).
@@ -224,30 +244,30 @@ pub(crate) unsafe fn protect(
     addr: NonNull<u8>,
     len: usize,
     prot: PageProtection,
-) -> io::Result<()> {
-    inject!(Protect);
+) -> Result<(), OsError> {
+    inject!(Protect, call::PROTECT);
     // SAFETY: forwarded from the caller.
-    unsafe { os::protect(addr, len, prot) }
+    unsafe { os::protect(addr, len, prot) }.map_err(OsError::of(call::PROTECT))
 }
 
 /// Locks committed pages in RAM so they are never swapped (`mlock(2)`, `VirtualLock`).
 ///
 /// # Safety
 /// The range must be committed pages of a live reservation, readable and writable.
-pub(crate) unsafe fn lock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    inject!(Lock);
+pub(crate) unsafe fn lock(addr: NonNull<u8>, len: usize) -> Result<(), OsError> {
+    inject!(Lock, call::LOCK);
     // SAFETY: forwarded from the caller.
-    unsafe { os::lock(addr, len) }
+    unsafe { os::lock(addr, len) }.map_err(OsError::of(call::LOCK))
 }
 
 /// Unlocks pages locked by [`lock`] (`munlock(2)`, `VirtualUnlock`).
 ///
 /// # Safety
 /// The range must be committed pages of a live reservation.
-pub(crate) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
-    inject!(Unlock);
+pub(crate) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> Result<(), OsError> {
+    inject!(Unlock, call::UNLOCK);
     // SAFETY: forwarded from the caller.
-    unsafe { os::unlock(addr, len) }
+    unsafe { os::unlock(addr, len) }.map_err(OsError::of(call::UNLOCK))
 }
 
 /// Keeps the range out of core dumps. `Ok(false)` where the OS has no per-range mechanism
@@ -256,10 +276,10 @@ pub(crate) unsafe fn unlock(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 ///
 /// # Safety
 /// The range must be committed pages of a live reservation.
-pub(crate) unsafe fn exclude_from_dump(addr: NonNull<u8>, len: usize) -> io::Result<bool> {
-    inject!(ExcludeFromDump);
+pub(crate) unsafe fn exclude_from_dump(addr: NonNull<u8>, len: usize) -> Result<bool, OsError> {
+    inject!(ExcludeFromDump, call::EXCLUDE_FROM_DUMP);
     // SAFETY: forwarded from the caller.
-    unsafe { os::exclude_from_dump(addr, len) }
+    unsafe { os::exclude_from_dump(addr, len) }.map_err(OsError::of(call::EXCLUDE_FROM_DUMP))
 }
 
 /// Keeps the bytes of the range away from forked children: zero-filled there for anonymous
@@ -273,20 +293,26 @@ pub(crate) unsafe fn exclude_from_fork(
     addr: NonNull<u8>,
     len: usize,
     secretmem: bool,
-) -> io::Result<bool> {
-    inject!(ExcludeFromFork);
+) -> Result<bool, OsError> {
+    let call = if secretmem {
+        call::EXCLUDE_SECRETMEM_FROM_FORK
+    } else {
+        call::EXCLUDE_ANONYMOUS_FROM_FORK
+    };
+    inject!(ExcludeFromFork, call);
     // SAFETY: forwarded from the caller.
-    unsafe { os::exclude_from_fork(addr, len, secretmem) }
+    unsafe { os::exclude_from_fork(addr, len, secretmem) }.map_err(OsError::of(call))
 }
 
 /// Returns a whole reservation to the OS (`munmap(2)`, `VirtualFree(MEM_RELEASE)`). Unmapping
-/// also drops any memory lock on it.
+/// also drops any memory lock on it. (On Unix, a part of a reservation may be unmapped too.)
 ///
 /// # Safety
-/// `addr`/`len` must be exactly a reservation made by [`reserve`]; nothing may use it after.
-pub(crate) unsafe fn release(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+/// `addr`/`len` must be exactly a reservation made by [`reserve`] (or, on Unix, a part of one);
+/// nothing may use it after.
+pub(crate) unsafe fn unmap(addr: NonNull<u8>, len: usize) -> Result<(), OsError> {
     // SAFETY: forwarded from the caller.
-    unsafe { os::release(addr, len) }
+    unsafe { os::release(addr, len) }.map_err(OsError::of(call::RELEASE))
 }
 
 /// The soft limit on locked memory in bytes (`getrlimit(RLIMIT_MEMLOCK)`); `None` when unlimited
@@ -302,16 +328,43 @@ pub(crate) fn child_keeps_data_mapping(secretmem: bool) -> bool {
 }
 
 /// Lowers the soft `RLIMIT_CORE` of the whole process to zero, leaving the hard limit alone.
-pub(crate) fn disable_core_dumps() -> io::Result<()> {
-    os::disable_core_dumps()
+pub(crate) fn disable_core_dumps() -> Result<(), OsError> {
+    os::disable_core_dumps().map_err(OsError::of(call::CORE_LIMIT))
 }
 
-/// A number that differs in a forked child from its parent's. On Linux it changes however the
-/// child was made (a `MADV_WIPEONFORK` witness page); elsewhere it counts forks seen by
-/// `pthread_atfork`.
-///
-/// The first call installs the fork handlers, so call it before anything worth protecting
-/// exists.
-pub(crate) fn fork_generation() -> u64 {
+/// A number that differs in a forked child from its parent's: the process's *epoch*. On Linux
+/// it changes however the child was made (a `MADV_WIPEONFORK` witness page); elsewhere it counts
+/// forks seen by `pthread_atfork`.
+#[inline]
+pub(crate) fn process_epoch() -> u64 {
     os::fork_generation()
+}
+
+/// Installs the fork handlers (and, on Linux, the epoch's witness page) if that has not happened
+/// yet. Call it before anything worth protecting exists, so that no fork goes unseen.
+pub(crate) fn install_fork_handlers() {
+    os::fork_generation();
+}
+
+/// Why the OS refused what [`diagnose`] calls a [`Shortage::LockLimit`], and what the limit is,
+/// in words for an error message (`RLIMIT_MEMLOCK` and `ulimit -l`; the working set on Windows).
+pub(crate) struct LockLimitText<'a> {
+    pub(crate) limit: Option<u64>,
+    pub(crate) source: &'a io::Error,
+}
+
+impl fmt::Display for LockLimitText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        os::write_lock_limit(f, self.limit, self.source)
+    }
+}
+
+/// What to do about an OS error that says a resource of the process or system ran out (empty
+/// for any other error), for the end of an error message.
+pub(crate) struct Remedy<'a>(pub(crate) &'a io::Error);
+
+impl fmt::Display for Remedy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        os::write_remedy(f, self.0)
+    }
 }

@@ -1,6 +1,7 @@
 //! POSIX calls shared by every Unix this crate supports.
 
 use super::PageProtection;
+use std::fmt;
 use std::io;
 use std::ptr::NonNull;
 #[cfg(not(target_os = "linux"))]
@@ -21,11 +22,22 @@ pub(super) fn page_size() -> usize {
         .unwrap_or(4096)
 }
 
-fn check(ret: libc::c_int) -> io::Result<()> {
+/// A libc call's `0` → `Ok`, anything else → the last OS error (`errno`).
+pub(super) fn check(ret: libc::c_int) -> io::Result<()> {
     if ret == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// A raw system call's result: non-negative → `Ok` with it, `-1` → the last OS error.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // Only Linux makes raw system calls.
+pub(super) fn check_syscall(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
     }
 }
 
@@ -209,4 +221,38 @@ pub(super) fn fork_generation() -> u64 {
         }
     });
     FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+/// The locked-memory limit, for [`super::LockLimitText`].
+pub(super) fn write_lock_limit(
+    f: &mut fmt::Formatter<'_>,
+    limit: Option<u64>,
+    source: &io::Error,
+) -> fmt::Result {
+    f.write_str("the process has reached its locked-memory limit (RLIMIT_MEMLOCK ")?;
+    match limit {
+        Some(bytes) => write!(f, "soft limit: {bytes} bytes")?,
+        None => f.write_str("soft limit: reported as unlimited")?,
+    }
+    write!(
+        f,
+        "; the OS said: {source}); raise it with `ulimit -l`, systemd `LimitMEMLOCK=`, or a \
+         container's `--ulimit memlock=`, or close unused secrets"
+    )
+}
+
+/// What to do when descriptors or memory ran out, for [`super::Remedy`].
+pub(super) fn write_remedy(f: &mut fmt::Formatter<'_>, error: &io::Error) -> fmt::Result {
+    match error.raw_os_error() {
+        Some(libc::EMFILE) => f.write_str(
+            "; the process has as many open file descriptors as RLIMIT_NOFILE allows: close \
+             some, or raise it with `ulimit -n` or systemd `LimitNOFILE=`",
+        ),
+        Some(libc::ENFILE) => f.write_str(
+            "; the system has as many open files as fs.file-max allows: close some, or raise it \
+             with `sysctl -w fs.file-max=N`",
+        ),
+        Some(libc::ENOMEM) => f.write_str("; the system is out of memory"),
+        _ => Ok(()),
+    }
 }

@@ -292,7 +292,38 @@ pub(super) unsafe fn exclude_from_fork(
 /// # References
 /// - [Linux](https://man7.org/linux/man-pages/man2/memfd_secret.2.html)
 pub(super) fn secretmem_support() -> SecretMemSupport {
-    SecretMemSupport::Unavailable(io::Error::from(io::ErrorKind::Unsupported))
+    SecretMemSupport::Unavailable("memfd_secret(2) exists on Linux only".into())
+}
+
+/// The working set's room for locked pages, for [`super::LockLimitText`]. Windows bounds locked
+/// pages by the minimum working set, which a failed `VirtualLock` already makes [`lock`] raise
+/// once; what is left to the caller is a larger working set from the start, or the job object
+/// that caps it.
+pub(super) fn write_lock_limit(
+    f: &mut std::fmt::Formatter<'_>,
+    limit: Option<u64>,
+    source: &io::Error,
+) -> std::fmt::Result {
+    let _ = limit;
+    write!(
+        f,
+        "the process's working set has no room for more locked pages (VirtualLock said: \
+         {source}); give the process a larger minimum working set with \
+         `SetProcessWorkingSetSize`, raise the working-set limit of the job object it runs in, \
+         or close unused secrets"
+    )
+}
+
+/// What to do when commit memory ran out, for [`super::Remedy`].
+pub(super) fn write_remedy(f: &mut std::fmt::Formatter<'_>, error: &io::Error) -> std::fmt::Result {
+    match error.raw_os_error() {
+        // ERROR_NOT_ENOUGH_MEMORY, ERROR_OUTOFMEMORY, ERROR_COMMITMENT_LIMIT.
+        Some(8 | 14 | 1455) => f.write_str(
+            "; the system is out of memory it can commit (RAM plus page files): free some, or \
+             enlarge the page file",
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// `memfd_secret(2)`—Linux only: always fails with [`io::ErrorKind::Unsupported`]; callers

@@ -13,6 +13,7 @@
 //!   the parent. Creators hold a [`ForkExclusion`] over those steps; the atfork *prepare*
 //!   handler waits until none is held and keeps new ones from starting until the fork is done.
 
+use super::super::unix;
 use std::io;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
@@ -81,8 +82,7 @@ fn map_witness() -> io::Result<*mut AtomicU64> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the page was just mapped by us.
-    if unsafe { libc::madvise(addr, page, libc::MADV_WIPEONFORK) } != 0 {
-        let error = io::Error::last_os_error();
+    if let Err(error) = unix::check(unsafe { libc::madvise(addr, page, libc::MADV_WIPEONFORK) }) {
         // SAFETY: our own mapping, unused.
         unsafe { libc::munmap(addr, page) };
         return Err(error);

@@ -8,7 +8,7 @@ pub(super) use super::unix::{
     page_size, write_lock_limit, write_remedy,
 };
 use super::{unix, OsError, SecretMemSupport};
-pub(super) use fork::epoch as fork_generation;
+pub(super) use fork::epoch as process_epoch;
 pub(crate) use fork::ForkExclusion;
 pub(super) use resources::{diagnose, memory_available};
 use std::io;

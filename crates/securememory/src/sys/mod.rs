@@ -337,13 +337,13 @@ pub(crate) fn disable_core_dumps() -> Result<(), OsError> {
 /// forks seen by `pthread_atfork`.
 #[inline]
 pub(crate) fn process_epoch() -> u64 {
-    os::fork_generation()
+    os::process_epoch()
 }
 
 /// Installs the fork handlers (and, on Linux, the epoch's witness page) if that has not happened
 /// yet. Call it before anything worth protecting exists, so that no fork goes unseen.
 pub(crate) fn install_fork_handlers() {
-    os::fork_generation();
+    os::process_epoch();
 }
 
 /// Why the OS refused what [`diagnose`] calls a [`Shortage::LockLimit`], and what the limit is,

@@ -208,7 +208,7 @@ extern "C" fn on_fork_in_child() {
 /// # References
 /// - [POSIX](https://pubs.opengroup.org/onlinepubs/9799919799/functions/pthread_atfork.html)
 #[cfg(not(target_os = "linux"))]
-pub(super) fn fork_generation() -> u64 {
+pub(super) fn process_epoch() -> u64 {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // SAFETY: the handler is async-signal-safe (one atomic add) and lives forever.

@@ -368,7 +368,7 @@ pub(super) fn disable_core_dumps() -> io::Result<()> {
 }
 
 /// No call—Windows has no fork: always `0`.
-pub(super) fn fork_generation() -> u64 {
+pub(super) fn process_epoch() -> u64 {
     0
 }
 

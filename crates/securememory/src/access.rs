@@ -208,10 +208,14 @@ impl Access {
     pub(crate) fn write<'a, G: Gate>(&'a self, gate: &'a G) -> Result<Held<'a, G>, Error> {
         let mut waiting = self.waiting.lock();
         waiting.writers += 1;
+        // Relaxed: the flag only steers readers to the slow path, where the mutex orders
+        // everything; a reader that misses it for a moment joins open memory, which is safe.
         self.state.fetch_or(WRITER_WAITING, Ordering::Relaxed);
         let result = self.write_locked(gate, &mut waiting);
         waiting.writers -= 1;
         if waiting.writers == 0 {
+            // Relaxed, as above: readers that see the flag late wait on the condition variable,
+            // which the notification below (under the mutex) wakes.
             self.state.fetch_and(!WRITER_WAITING, Ordering::Relaxed);
             // Readers queued behind the writer flag may go now.
             self.changed.notify_all();
@@ -238,12 +242,16 @@ impl Access {
         // Wake readers and writers waiting to get in, so they can fail with `Closed` now.
         self.changed.notify_all();
         if previous & CLOSED != 0 {
+            // Acquire pairs with the Release that sets RELEASED: a later closer returns only
+            // after the teardown's effects are visible to it.
             while self.state.load(Ordering::Acquire) & RELEASED == 0 {
                 self.changed.wait(&mut waiting);
             }
             return Ok(());
         }
         loop {
+            // Acquire pairs with the Release of the last reader or writer to leave: their
+            // accesses happen before the teardown.
             let state = self.state.load(Ordering::Acquire);
             if readers(state) == 0 && state & WRITING == 0 {
                 break;
@@ -251,6 +259,7 @@ impl Access {
             self.changed.wait(&mut waiting);
         }
         let result = teardown();
+        // Release: closers that see RELEASED see the teardown done.
         self.state.fetch_or(RELEASED, Ordering::Release);
         self.changed.notify_all();
         result
@@ -275,6 +284,7 @@ impl Access {
     /// One CAS, usually on the first try.
     #[inline]
     fn try_join_open(&self, blockers: usize) -> bool {
+        // Relaxed: only a first guess for the CAS below, which acquires.
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             if state & (blockers | OPEN) != OPEN || state > usize::MAX - ONE_READER {
@@ -296,6 +306,7 @@ impl Access {
 
     /// A thread already reading joins again: the memory is open and cannot close under it.
     fn join_nested(&self) -> Result<(), Error> {
+        // Relaxed: a first guess for the CAS; this thread's outer read already acquired.
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             debug_assert!(readers(state) > 0, "a nested read needs an outer read");
@@ -344,6 +355,8 @@ impl Access {
         since: &mut Option<usize>,
     ) -> Result<(), Error> {
         loop {
+            // Acquire: a reader that finds the memory open (or a writer gone) sees what was
+            // done before that state was published.
             let state = self.state.load(Ordering::Acquire);
             if state & CLOSED != 0 {
                 return Err(Error::Closed);
@@ -408,6 +421,7 @@ impl Access {
         loop {
             if state & CLOSED != 0 {
                 if let Err(error) = gate.conceal() {
+                    // Release: whoever retries the conceal sees the memory as this thread left it.
                     self.state.fetch_or(OPEN, Ordering::Release);
                     log::warn!("closing memory after a refused access failed: {error}");
                 }
@@ -432,6 +446,7 @@ impl Access {
         waiting: &mut MutexGuard<'_, Waiting>,
     ) -> Result<(), Error> {
         loop {
+            // Acquire pairs with the Release of the readers and writer that left before.
             let state = self.state.load(Ordering::Acquire);
             if state & CLOSED != 0 {
                 return Err(Error::Closed);
@@ -450,6 +465,7 @@ impl Access {
     /// The end of a read: one CAS unless this is the last reader, who closes the memory.
     #[inline]
     fn leave_read<G: Gate>(&self, gate: &G) -> Result<(), Error> {
+        // Relaxed: a first guess for the CAS below, which releases.
         let mut state = self.state.load(Ordering::Relaxed);
         while readers(state) > 1 {
             // Release: this reader's reads happen before the last reader closes the memory.
@@ -469,6 +485,7 @@ impl Access {
     #[cold]
     fn leave_read_slow<G: Gate>(&self, gate: &G) -> Result<(), Error> {
         let _waiting = self.waiting.lock();
+        // Relaxed: a first guess for the CAS below, which orders.
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             debug_assert!(readers(state) > 0, "leaving a read that was not entered");
@@ -479,6 +496,8 @@ impl Access {
             } else {
                 state - ONE_READER
             };
+            // AcqRel: this reader's reads happen before the conceal (Release), and the conceal
+            // sees every other reader's leave (Acquire).
             match self
                 .state
                 .compare_exchange(state, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -497,6 +516,7 @@ impl Access {
         // OPEN is clear and no reader is counted: no one can join until the mutex is released.
         let result = gate.conceal();
         if result.is_err() {
+            // Release: the retrying last reader, writer or closer sees the memory left open.
             self.state.fetch_or(OPEN, Ordering::Release);
         }
         self.changed.notify_all();
@@ -507,6 +527,7 @@ impl Access {
         let mut waiting = self.waiting.lock();
         let result = gate.conceal();
         let reopened = if result.is_err() { OPEN } else { 0 };
+        // Relaxed: a first guess for the CAS below, whose Release publishes the write.
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             match self.state.compare_exchange(

@@ -247,7 +247,7 @@ impl SecretFactory for ProtectedMemorySecretFactory {
 }
 
 #[cfg(all(test, target_os = "linux"))]
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/common/process.rs"]
 mod common;
 
 #[cfg(all(test, target_os = "linux"))]

@@ -11,18 +11,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn factories() -> Vec<(&'static str, ProtectedMemorySecretFactory)> {
     vec![
-        ("default", ProtectedMemorySecretFactory::default()),
-        (
-            "anonymous",
-            ProtectedMemorySecretFactory::builder()
-                .backing(Backing::Anonymous)
-                .build(),
-        ),
+        ("default", common::default_factory()),
+        ("anonymous", common::factory(Backing::Anonymous)),
         (
             "no-guard-pages",
-            ProtectedMemorySecretFactory::builder()
-                .guard_pages(false)
-                .build(),
+            common::builder().guard_pages(false).build(),
         ),
     ]
 }
@@ -33,7 +26,6 @@ fn pattern(len: usize) -> Vec<u8> {
 
 #[test]
 fn round_trip_preserves_bytes_at_page_boundaries() {
-    common::watchdog();
     for (name, factory) in factories() {
         for len in [1, 31, 4095, 4096, 4097, 64 * 1024 + 7] {
             let expected = pattern(len);
@@ -52,11 +44,8 @@ fn round_trip_preserves_bytes_at_page_boundaries() {
 
 #[test]
 fn new_wipes_the_source_on_success() {
-    common::watchdog();
     let mut source = pattern(100);
-    let secret = ProtectedMemorySecretFactory::default()
-        .new(&mut source)
-        .unwrap();
+    let secret = common::default_factory().new(&mut source).unwrap();
     assert!(
         source.iter().all(|&b| b == 0),
         "source not wiped: {source:?}"
@@ -66,8 +55,7 @@ fn new_wipes_the_source_on_success() {
 
 #[test]
 fn zero_length_is_invalid_and_leaves_the_source_alone() {
-    common::watchdog();
-    let factory = ProtectedMemorySecretFactory::default();
+    let factory = common::default_factory();
     assert!(matches!(factory.new(&mut []), Err(Error::InvalidLength)));
     assert!(matches!(
         factory.create_random(0),
@@ -79,8 +67,7 @@ fn zero_length_is_invalid_and_leaves_the_source_alone() {
 
 #[test]
 fn unmappable_length_is_invalid() {
-    common::watchdog();
-    let factory = ProtectedMemorySecretFactory::default();
+    let factory = common::default_factory();
     for len in [usize::MAX, isize::MAX as usize] {
         assert!(
             matches!(factory.create_random(len), Err(Error::InvalidLength)),
@@ -91,8 +78,7 @@ fn unmappable_length_is_invalid() {
 
 #[test]
 fn random_secrets_differ() {
-    common::watchdog();
-    let factory = ProtectedMemorySecretFactory::default();
+    let factory = common::default_factory();
     let a = factory.create_random(32).unwrap();
     let b = factory.create_random(32).unwrap();
     let a_bytes = a.with_bytes(|bytes| bytes.to_vec()).unwrap();
@@ -103,8 +89,7 @@ fn random_secrets_differ() {
 
 #[test]
 fn with_bytes_returns_the_callbacks_value() {
-    common::watchdog();
-    let secret = ProtectedMemorySecretFactory::default()
+    let secret = common::default_factory()
         .new(&mut b"hello".to_vec())
         .unwrap();
     let copied: String = secret
@@ -117,7 +102,6 @@ fn with_bytes_returns_the_callbacks_value() {
 
 #[test]
 fn with_bytes_mut_changes_what_later_reads_see() {
-    common::watchdog();
     for (name, factory) in factories() {
         let secret = factory.new(&mut [1, 2, 3]).unwrap();
         let old = secret
@@ -134,10 +118,7 @@ fn with_bytes_mut_changes_what_later_reads_see() {
 
 #[test]
 fn every_access_on_a_closed_secret_is_closed_and_never_runs_the_callback() {
-    common::watchdog();
-    let secret = ProtectedMemorySecretFactory::default()
-        .create_random(32)
-        .unwrap();
+    let secret = common::default_factory().create_random(32).unwrap();
     assert!(!secret.is_closed());
     secret.close().unwrap();
     assert!(secret.is_closed());
@@ -158,10 +139,7 @@ fn every_access_on_a_closed_secret_is_closed_and_never_runs_the_callback() {
 
 #[test]
 fn close_is_idempotent() {
-    common::watchdog();
-    let secret = ProtectedMemorySecretFactory::default()
-        .create_random(8)
-        .unwrap();
+    let secret = common::default_factory().create_random(8).unwrap();
     secret.close().unwrap();
     secret.close().unwrap();
     assert!(secret.is_closed());
@@ -169,10 +147,7 @@ fn close_is_idempotent() {
 
 #[test]
 fn nested_reads_of_the_same_secret_work() {
-    common::watchdog();
-    let secret = ProtectedMemorySecretFactory::default()
-        .new(&mut [5; 16])
-        .unwrap();
+    let secret = common::default_factory().new(&mut [5; 16]).unwrap();
     let sum = secret
         .with_bytes(|outer| {
             let inner = secret
@@ -194,11 +169,8 @@ fn nested_reads_of_the_same_secret_work() {
 
 #[test]
 fn close_inside_a_read_is_an_error_not_a_deadlock() {
-    common::watchdog();
     common::within(common::DEADLINE, || {
-        let secret = ProtectedMemorySecretFactory::default()
-            .create_random(8)
-            .unwrap();
+        let secret = common::default_factory().create_random(8).unwrap();
         let inner = secret.with_bytes(|_| secret.close()).unwrap();
         assert!(
             matches!(inner, Err(Error::Reentrant { operation: "close" })),
@@ -212,11 +184,8 @@ fn close_inside_a_read_is_an_error_not_a_deadlock() {
 
 #[test]
 fn write_inside_a_read_and_access_inside_a_write_are_errors_not_deadlocks() {
-    common::watchdog();
     common::within(common::DEADLINE, || {
-        let secret = ProtectedMemorySecretFactory::default()
-            .create_random(8)
-            .unwrap();
+        let secret = common::default_factory().create_random(8).unwrap();
         let inner = secret
             .with_bytes(|_| secret.with_bytes_mut(|_| ()))
             .unwrap();
@@ -237,8 +206,7 @@ fn write_inside_a_read_and_access_inside_a_write_are_errors_not_deadlocks() {
 
 #[test]
 fn accessing_another_secret_inside_an_access_works() {
-    common::watchdog();
-    let factory = ProtectedMemorySecretFactory::default();
+    let factory = common::default_factory();
     let a = factory.new(&mut [1; 4]).unwrap();
     let b = factory.new(&mut [2; 4]).unwrap();
     let total = a
@@ -251,7 +219,6 @@ fn accessing_another_secret_inside_an_access_works() {
 
 #[test]
 fn panic_in_a_callback_releases_the_access() {
-    common::watchdog();
     for (name, factory) in factories() {
         let secret = factory.new(&mut [3; 8]).unwrap();
         let caught = catch_unwind(AssertUnwindSafe(|| {
@@ -274,8 +241,7 @@ fn panic_in_a_callback_releases_the_access() {
 
 #[test]
 fn reader_reads_in_parts_ends_with_zero_and_fails_after_close() {
-    common::watchdog();
-    let secret = ProtectedMemorySecretFactory::default()
+    let secret = common::default_factory()
         .new(&mut b"0123456789".to_vec())
         .unwrap();
     let mut reader = secret.reader();
@@ -297,8 +263,7 @@ fn reader_reads_in_parts_ends_with_zero_and_fails_after_close() {
 
 #[test]
 fn io_copy_over_chained_readers() {
-    common::watchdog();
-    let factory = ProtectedMemorySecretFactory::default();
+    let factory = common::default_factory();
     let first = factory.new(&mut b"user:".to_vec()).unwrap();
     let second = factory.new(&mut pattern(5000)).unwrap();
     let mut out = Vec::new();
@@ -311,8 +276,7 @@ fn io_copy_over_chained_readers() {
 
 #[test]
 fn thousands_of_live_secrets() {
-    common::watchdog();
-    let factory = ProtectedMemorySecretFactory::default();
+    let factory = common::default_factory();
     let secrets: Vec<Secret> = (0..3000u32)
         .map(|i| factory.new(&mut i.to_le_bytes()).unwrap())
         .collect();
@@ -329,8 +293,7 @@ fn thousands_of_live_secrets() {
 
 #[test]
 fn debug_never_prints_the_bytes() {
-    common::watchdog();
-    let secret = ProtectedMemorySecretFactory::default()
+    let secret = common::default_factory()
         .new(&mut b"hunter2-hunter2".to_vec())
         .unwrap();
     let printed = format!("{secret:?} {:?}", secret.reader());
@@ -341,20 +304,16 @@ fn debug_never_prints_the_bytes() {
 
 #[test]
 fn secrets_and_factories_are_send_and_sync() {
-    common::watchdog();
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Secret>();
     assert_send_sync::<ProtectedMemorySecretFactory>();
     assert_send_sync::<Error>();
-    let _: &dyn SecretFactory = &ProtectedMemorySecretFactory::default();
+    let _: &dyn SecretFactory = &common::default_factory();
 }
 
 #[test]
 fn protection_reports_what_the_secret_got() {
-    common::watchdog();
-    let secret = ProtectedMemorySecretFactory::builder()
-        .backing(Backing::Anonymous)
-        .build()
+    let secret = common::factory(Backing::Anonymous)
         .create_random(32)
         .unwrap();
     let p = secret.protection();
@@ -364,14 +323,14 @@ fn protection_reports_what_the_secret_got() {
     #[cfg(target_os = "linux")]
     assert!(p.dump_excluded);
 
-    let unguarded = ProtectedMemorySecretFactory::builder()
+    let unguarded = common::builder()
         .guard_pages(false)
         .build()
         .create_random(32)
         .unwrap();
     assert!(!unguarded.protection().guard_pages);
 
-    let unlocked = ProtectedMemorySecretFactory::builder()
+    let unlocked = common::builder()
         .backing(Backing::Anonymous)
         .mlock(MlockPolicy::Disabled)
         .build()
@@ -384,19 +343,13 @@ fn protection_reports_what_the_secret_got() {
 #[cfg(target_os = "linux")]
 #[test]
 fn secretmem_backing_is_used_where_the_kernel_offers_it() {
-    common::watchdog();
-    let probe = ProtectedMemorySecretFactory::builder()
-        .backing(Backing::SecretMem)
-        .build()
-        .create_random(32);
+    let probe = common::factory(Backing::SecretMem).create_random(32);
     match probe {
         Ok(secret) => {
             let p = secret.protection();
             assert_eq!(p.backing, Backing::SecretMem);
             assert!(p.kernel_invisible && p.locked && p.dump_excluded && p.fork_protected);
-            let auto = ProtectedMemorySecretFactory::default()
-                .create_random(32)
-                .unwrap();
+            let auto = common::default_factory().create_random(32).unwrap();
             assert_eq!(auto.protection().backing, Backing::SecretMem);
         }
         Err(Error::BackingUnavailable { .. }) if std::env::var_os("CI").is_none() => {
@@ -408,7 +361,6 @@ fn secretmem_backing_is_used_where_the_kernel_offers_it() {
 
 #[test]
 fn underflow_inside_the_page_is_caught_by_the_canary() {
-    common::watchdog();
     for (name, factory) in factories() {
         let secret = factory.new(&mut [4; 32]).unwrap();
         assert!(secret.protection().canary, "{name}");
@@ -430,10 +382,7 @@ fn underflow_inside_the_page_is_caught_by_the_canary() {
 
 #[test]
 fn a_secret_that_fills_its_pages_needs_no_canary() {
-    common::watchdog();
-    let secret = ProtectedMemorySecretFactory::default()
-        .create_random(4096)
-        .unwrap();
+    let secret = common::default_factory().create_random(4096).unwrap();
     assert!(!secret.protection().canary);
     secret.with_bytes_mut(|b| b[0] = 1).unwrap();
     secret.close().unwrap();
@@ -442,7 +391,7 @@ fn a_secret_that_fills_its_pages_needs_no_canary() {
 #[cfg(all(any(target_os = "linux", windows), target_arch = "x86_64"))] // 4 KiB pages.
 #[test]
 fn canary_is_reported_only_when_it_has_at_least_eight_bytes() {
-    let factory = ProtectedMemorySecretFactory::default();
+    let factory = common::default_factory();
     for (len, canary) in [
         (32, true),
         (4088, true),

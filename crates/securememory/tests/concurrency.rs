@@ -3,19 +3,13 @@
 
 mod common;
 
-use securememory::{Backing, Error, ProtectedMemorySecretFactory, Secret, SecretFactory};
+use securememory::{Backing, Error, Secret, SecretFactory};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 
-fn backings() -> [Backing; 2] {
-    [Backing::Auto, Backing::Anonymous]
-}
-
 fn secret_of(backing: Backing, bytes: &[u8]) -> Arc<Secret> {
-    let factory = ProtectedMemorySecretFactory::builder()
-        .backing(backing)
-        .build();
+    let factory = common::factory(backing);
     Arc::new(factory.new(&mut bytes.to_vec()).unwrap())
 }
 
@@ -25,7 +19,7 @@ fn key() -> Vec<u8> {
 
 #[test]
 fn eight_threads_reading_thousands_of_times_see_exact_bytes() {
-    for backing in backings() {
+    for backing in common::BACKINGS {
         let secret = secret_of(backing, &key());
         common::within(common::DEADLINE, move || {
             let start = Arc::new(Barrier::new(8));
@@ -51,7 +45,7 @@ fn eight_threads_reading_thousands_of_times_see_exact_bytes() {
 
 #[test]
 fn close_waits_for_an_access_in_flight() {
-    for backing in backings() {
+    for backing in common::BACKINGS {
         let secret = secret_of(backing, &key());
         common::within(common::DEADLINE, move || {
             let (inside_tx, inside_rx) = mpsc::channel();
@@ -135,7 +129,7 @@ fn close_waits_for_a_writer_in_flight() {
 
 #[test]
 fn readers_racing_a_close_see_exact_bytes_or_closed() {
-    for backing in backings() {
+    for backing in common::BACKINGS {
         for _round in 0..20 {
             let secret = secret_of(backing, &key());
             common::within(common::DEADLINE, move || {
@@ -196,7 +190,7 @@ fn concurrent_closers_all_return_once_fully_closed() {
 
 #[test]
 fn writers_are_exclusive_readers_never_see_a_torn_write() {
-    for backing in backings() {
+    for backing in common::BACKINGS {
         let secret = secret_of(backing, &[0; 64]);
         common::within(common::DEADLINE, move || {
             let start = Arc::new(Barrier::new(4));
@@ -278,7 +272,7 @@ fn a_waiting_writer_is_not_starved_by_overlapping_readers() {
 
 #[test]
 fn a_reader_is_not_starved_by_continuous_writers() {
-    for backing in backings() {
+    for backing in common::BACKINGS {
         let secret = secret_of(backing, &[0; 8]);
         common::within(common::DEADLINE, move || {
             let stop = Arc::new(AtomicBool::new(false));

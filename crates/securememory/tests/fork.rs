@@ -12,7 +12,7 @@
 
 mod common;
 
-use securememory::{Backing, Error, ProtectedMemorySecretFactory, Secret, SecretFactory};
+use securememory::{Backing, Error, Secret, SecretFactory};
 use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
@@ -27,16 +27,6 @@ const CHILD_ALARM_SECS: libc::c_uint = 10;
 
 /// Exit code of a forked child whose checks panicked (kept apart from every check's own code).
 const CHILD_PANICKED: i32 = 99;
-
-fn backings() -> [Backing; 2] {
-    [Backing::Auto, Backing::Anonymous]
-}
-
-fn factory(backing: Backing) -> ProtectedMemorySecretFactory {
-    ProtectedMemorySecretFactory::builder()
-        .backing(backing)
-        .build()
-}
 
 /// Leaves a forked child at once, without running destructors, atexit handlers or the rest of
 /// the test harness, all of which belong to the parent.
@@ -363,11 +353,11 @@ fn inspect_for_secret_memory() -> i32 {
 
 #[test]
 fn a_fork_racing_secret_creation_hands_the_child_no_secret_memory() {
-    const NAME: &str = "a_fork_racing_secret_creation_hands_the_child_no_secret_memory";
-    if !common::is_child(NAME) {
+    let name = common::this_test!();
+    if !common::is_child(name) {
         let rounds = race_secs().map_or(1, |secs| secs.div_ceil(RACE_ROUND_SECS));
         for _ in 0..rounds {
-            let output = common::in_child(NAME);
+            let output = common::in_child(name);
             for line in output.lines().filter(|l| l.contains(RACE_REPORT)) {
                 println!("{line}");
             }
@@ -378,7 +368,7 @@ fn a_fork_racing_secret_creation_hands_the_child_no_secret_memory() {
         }
         return;
     }
-    let factory = factory(Backing::SecretMem);
+    let factory = common::factory(Backing::SecretMem);
     match factory.create_random(32) {
         Err(Error::BackingUnavailable { .. }) if std::env::var_os("CI").is_none() => {
             println!("skipped: memfd_secret unavailable");
@@ -540,8 +530,8 @@ fn close_and_drop_while_another_thread_holds_an_access(write: bool) {
     const KEY: [u8; 32] = [7; 32];
     const WRITTEN: [u8; 32] = [8; 32];
     let expected = if write { WRITTEN } else { KEY };
-    for backing in backings() {
-        let factory = factory(backing);
+    for backing in common::BACKINGS {
+        let factory = common::factory(backing);
         let closed = Arc::new(factory.new(&mut KEY.clone()).unwrap());
         let dropped = Arc::new(factory.new(&mut KEY.clone()).unwrap());
         let label = format!("{backing:?} ({:?})", closed.protection().backing);
@@ -617,23 +607,13 @@ fn close_and_drop_while_another_thread_holds_an_access(write: bool) {
 
 #[test]
 fn close_and_drop_in_a_forked_child_return_although_a_thread_was_inside_with_bytes() {
-    const NAME: &str =
-        "close_and_drop_in_a_forked_child_return_although_a_thread_was_inside_with_bytes";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     close_and_drop_while_another_thread_holds_an_access(false);
 }
 
 #[test]
 fn close_and_drop_in_a_forked_child_return_although_a_thread_was_inside_with_bytes_mut() {
-    const NAME: &str =
-        "close_and_drop_in_a_forked_child_return_although_a_thread_was_inside_with_bytes_mut";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     close_and_drop_while_another_thread_holds_an_access(true);
 }
 
@@ -642,13 +622,9 @@ fn close_and_drop_in_a_forked_child_return_although_a_thread_was_inside_with_byt
 
 #[test]
 fn a_child_made_with_the_raw_fork_system_call_is_refused_access() {
-    const NAME: &str = "a_child_made_with_the_raw_fork_system_call_is_refused_access";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
-    for backing in backings() {
-        let secret = factory(backing).new(&mut [7; 32]).unwrap();
+    common::in_child_process!();
+    for backing in common::BACKINGS {
+        let secret = common::factory(backing).new(&mut [7; 32]).unwrap();
         let label = format!("{backing:?} ({:?})", secret.protection().backing);
         let pid = raw_fork();
         if pid == 0 {
@@ -696,8 +672,8 @@ fn fork_inside_own_callback(write: bool) {
     } else {
         "with_bytes"
     };
-    for backing in backings() {
-        let secret = factory(backing).new(&mut KEY.clone()).unwrap();
+    for backing in common::BACKINGS {
+        let secret = common::factory(backing).new(&mut KEY.clone()).unwrap();
         let label = format!("{backing:?} ({:?})", secret.protection().backing);
         let mut forked = None;
         // A panic in the child must not unwind into the test harness; caught here, it is
@@ -760,20 +736,12 @@ fn fork_inside_own_callback(write: bool) {
 
 #[test]
 fn forking_inside_with_bytes_ends_the_access_with_forked_in_the_child() {
-    const NAME: &str = "forking_inside_with_bytes_ends_the_access_with_forked_in_the_child";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     fork_inside_own_callback(false);
 }
 
 #[test]
 fn forking_inside_with_bytes_mut_ends_the_access_with_forked_in_the_child() {
-    const NAME: &str = "forking_inside_with_bytes_mut_ends_the_access_with_forked_in_the_child";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     fork_inside_own_callback(true);
 }

@@ -4,21 +4,15 @@
 
 mod common;
 
-use securememory::{Backing, Error, MlockPolicy, ProtectedMemorySecretFactory, SecretFactory};
+use securememory::{Backing, Error, MlockPolicy, SecretFactory};
 
 const PAGE: usize = 4096;
 
 #[test]
 fn closed_secret_pages_are_unmapped() {
-    const NAME: &str = "closed_secret_pages_are_unmapped";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
-    for backing in [Backing::Auto, Backing::Anonymous] {
-        let factory = ProtectedMemorySecretFactory::builder()
-            .backing(backing)
-            .build();
+    common::in_child_process!();
+    for backing in common::BACKINGS {
+        let factory = common::factory(backing);
         let secret = factory.create_random(100).unwrap();
         let address = secret.with_bytes(|b| b.as_ptr() as usize).unwrap();
         let last = address + 99;
@@ -41,14 +35,8 @@ fn closed_secret_pages_are_unmapped() {
 
 #[test]
 fn dropped_secret_pages_are_unmapped() {
-    const NAME: &str = "dropped_secret_pages_are_unmapped";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
-    let secret = ProtectedMemorySecretFactory::default()
-        .create_random(32)
-        .unwrap();
+    common::in_child_process!();
+    let secret = common::default_factory().create_random(32).unwrap();
     let address = secret.with_bytes(|b| b.as_ptr() as usize).unwrap();
     drop(secret);
     assert!(!common::is_mapped(address));
@@ -64,14 +52,10 @@ fn limit_memory_locking() -> u64 {
 
 #[test]
 fn mlock_required_fails_with_a_clear_error_once_the_limit_is_used() {
-    const NAME: &str = "mlock_required_fails_with_a_clear_error_once_the_limit_is_used";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     let limit = limit_memory_locking();
-    for backing in [Backing::Auto, Backing::Anonymous] {
-        let factory = ProtectedMemorySecretFactory::builder()
+    for backing in common::BACKINGS {
+        let factory = common::builder()
             .backing(backing)
             .mlock(MlockPolicy::Required)
             .build();
@@ -135,14 +119,10 @@ fn mlock_required_fails_with_a_clear_error_once_the_limit_is_used() {
 
 #[test]
 fn mlock_best_effort_continues_unlocked_and_reports_it() {
-    const NAME: &str = "mlock_best_effort_continues_unlocked_and_reports_it";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     limit_memory_locking();
-    for backing in [Backing::Auto, Backing::Anonymous] {
-        let factory = ProtectedMemorySecretFactory::builder()
+    for backing in common::BACKINGS {
+        let factory = common::builder()
             .backing(backing)
             .mlock(MlockPolicy::BestEffort)
             .build();
@@ -163,17 +143,9 @@ fn mlock_best_effort_continues_unlocked_and_reports_it() {
 
 #[test]
 fn access_in_a_forked_child_fails_closed() {
-    const NAME: &str = "access_in_a_forked_child_fails_closed";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
-    for backing in [Backing::Auto, Backing::Anonymous] {
-        let secret = ProtectedMemorySecretFactory::builder()
-            .backing(backing)
-            .build()
-            .new(&mut [7; 32])
-            .unwrap();
+    common::in_child_process!();
+    for backing in common::BACKINGS {
+        let secret = common::factory(backing).new(&mut [7; 32]).unwrap();
         // SAFETY: this child test process runs one test on one thread; the forked process only
         // makes the accesses below and leaves with _exit.
         let pid = unsafe { libc::fork() };
@@ -209,16 +181,8 @@ fn access_in_a_forked_child_fails_closed() {
 
 #[test]
 fn dropping_in_a_forked_child_spares_what_the_child_mapped_in_the_hole() {
-    const NAME: &str = "dropping_in_a_forked_child_spares_what_the_child_mapped_in_the_hole";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
-    let secret = match ProtectedMemorySecretFactory::builder()
-        .backing(Backing::SecretMem)
-        .build()
-        .new(&mut [7; 32])
-    {
+    common::in_child_process!();
+    let secret = match common::factory(Backing::SecretMem).new(&mut [7; 32]) {
         Err(Error::BackingUnavailable { .. }) if std::env::var_os("CI").is_none() => {
             println!("skipped: memfd_secret unavailable");
             return;
@@ -274,45 +238,14 @@ fn dropping_in_a_forked_child_spares_what_the_child_mapped_in_the_hole() {
     );
 }
 
-/// Whether this kernel offers `memfd_secret(2)`, asked without going through the library (whose
-/// answer is what some tests check).
-fn kernel_offers_secret_memory() -> bool {
-    // SAFETY: memfd_secret takes one flags argument and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: the descriptor was just made and is ours.
-    unsafe { libc::close(fd as libc::c_int) };
-    true
-}
-
-fn skip_without_secret_memory() -> bool {
-    if kernel_offers_secret_memory() {
-        return false;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "memfd_secret missing in CI"
-    );
-    println!("skipped: memfd_secret unavailable");
-    true
-}
-
 #[test]
 fn running_out_of_descriptors_is_reported_as_such_and_not_remembered() {
-    const NAME: &str = "running_out_of_descriptors_is_reported_as_such_and_not_remembered";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
+    common::in_child_process!();
+    if common::skip_without_secret_memory() {
         return;
     }
-    if skip_without_secret_memory() {
-        return;
-    }
-    let secret_memory = ProtectedMemorySecretFactory::builder()
-        .backing(Backing::SecretMem)
-        .build();
-    let auto = ProtectedMemorySecretFactory::default();
+    let secret_memory = common::factory(Backing::SecretMem);
+    let auto = common::default_factory();
     // Use up every descriptor the process may open.
     let mut open = Vec::new();
     loop {
@@ -362,11 +295,9 @@ fn max_map_count() -> usize {
 
 #[test]
 fn running_out_of_mappings_is_reported_as_the_mapping_limit() {
-    const NAME: &str = "running_out_of_mappings_is_reported_as_the_mapping_limit";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
+    // The watchdog's thread needs mappings of its own: start it while there is room.
+    common::watchdog();
     // Bring the process to vm.max_map_count: a large inaccessible reservation, every other page
     // made readable so that no two neighbours merge, until the kernel refuses.
     let limit = max_map_count();
@@ -397,15 +328,13 @@ fn running_out_of_mappings_is_reported_as_the_mapping_limit() {
         split.push(i);
     }
     assert!(split.len() < pages / 2 - 1, "never reached the limit");
-    for backing in [Backing::Auto, Backing::Anonymous] {
+    for backing in common::BACKINGS {
         // Leave room for a few mappings, so that the library runs out of its own accord.
         for i in split.drain(split.len() - 3..) {
             // SAFETY: as above.
             assert_eq!(unsafe { libc::mprotect(page(i), PAGE, libc::PROT_NONE) }, 0);
         }
-        let factory = ProtectedMemorySecretFactory::builder()
-            .backing(backing)
-            .build();
+        let factory = common::factory(backing);
         let mut held = Vec::new();
         let error = loop {
             match factory.create_random(32) {
@@ -442,16 +371,10 @@ fn mem_available() -> u64 {
 
 #[test]
 fn a_secret_larger_than_available_memory_is_refused_before_it_is_touched() {
-    const NAME: &str = "a_secret_larger_than_available_memory_is_refused_before_it_is_touched";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     let len = usize::try_from(mem_available() + (1 << 30)).unwrap();
-    for backing in [Backing::Auto, Backing::Anonymous] {
-        let factory = ProtectedMemorySecretFactory::builder()
-            .backing(backing)
-            .build();
+    for backing in common::BACKINGS {
+        let factory = common::factory(backing);
         let error = factory.create_random(len).unwrap_err();
         match &error {
             Error::InsufficientMemory {
@@ -495,10 +418,9 @@ fn memory_cgroup_for(test_pid: u32) -> Option<(std::path::PathBuf, &'static str)
 
 #[test]
 fn a_secret_larger_than_its_memory_cgroup_allows_is_refused_before_it_is_touched() {
-    const NAME: &str =
-        "a_secret_larger_than_its_memory_cgroup_allows_is_refused_before_it_is_touched";
+    let name = common::this_test!();
     const LIMIT: u64 = 256 << 20;
-    if !common::is_child(NAME) {
+    if !common::is_child(name) {
         let Some((dir, limit_file)) = memory_cgroup_for(std::process::id()) else {
             println!("skipped: no memory cgroup to make a child in");
             return;
@@ -511,7 +433,7 @@ fn a_secret_larger_than_its_memory_cgroup_allows_is_refused_before_it_is_touched
             println!("skipped: cannot make a memory cgroup with a limit at {dir:?}");
             return;
         }
-        let result = std::panic::catch_unwind(|| common::in_child(NAME));
+        let result = std::panic::catch_unwind(|| common::in_child(name));
         std::fs::remove_dir(&dir).unwrap();
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);
@@ -527,10 +449,8 @@ fn a_secret_larger_than_its_memory_cgroup_allows_is_refused_before_it_is_touched
         .find(|p| p.ends_with(format!("securememory-test-{parent_pid}")))
         .unwrap();
     std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).unwrap();
-    for backing in [Backing::Auto, Backing::Anonymous] {
-        let factory = ProtectedMemorySecretFactory::builder()
-            .backing(backing)
-            .build();
+    for backing in common::BACKINGS {
+        let factory = common::factory(backing);
         let error = factory.create_random(1 << 30).unwrap_err();
         match &error {
             Error::InsufficientMemory { available, .. } => {
@@ -563,20 +483,14 @@ impl log::Log for Captured {
 
 #[test]
 fn giving_up_secret_memory_with_mlock_disabled_is_logged() {
-    const NAME: &str = "giving_up_secret_memory_with_mlock_disabled_is_logged";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
-    if skip_without_secret_memory() {
+    common::in_child_process!();
+    if common::skip_without_secret_memory() {
         return;
     }
     log::set_logger(&Captured).unwrap();
     log::set_max_level(log::LevelFilter::Warn);
     limit_memory_locking();
-    let factory = ProtectedMemorySecretFactory::builder()
-        .mlock(MlockPolicy::Disabled)
-        .build();
+    let factory = common::builder().mlock(MlockPolicy::Disabled).build();
     let secrets: Vec<_> = (0..40)
         .map(|_| factory.create_random(32).unwrap())
         .collect();

@@ -58,12 +58,7 @@ fn fails_cleanly(backing: Backing, op: Op, errno: i32, operation: &str) {
 
 #[test]
 fn failures_making_anonymous_secrets_leave_nothing_behind() {
-    const NAME: &str =
-        "factory::injected_failures::failures_making_anonymous_secrets_leave_nothing_behind";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     let eio = libc::EIO;
     fails_cleanly(Backing::Anonymous, Op::Reserve, libc::ENOMEM, "mmap");
     fails_cleanly(Backing::Anonymous, Op::Commit, eio, "mprotect");
@@ -82,12 +77,7 @@ fn failures_making_anonymous_secrets_leave_nothing_behind() {
 
 #[test]
 fn failures_making_secretmem_secrets_leave_nothing_behind() {
-    const NAME: &str =
-        "factory::injected_failures::failures_making_secretmem_secrets_leave_nothing_behind";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     if !matches!(sys::secretmem_support(), SecretMemSupport::Available) {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -128,11 +118,7 @@ fn a_failed_unlock_on_close_does_not_hide_a_corrupted_canary() {
 /// copy of zeroed pages: nothing the parent writes afterwards reaches it.
 #[test]
 fn a_child_forked_before_anonymous_pages_are_protected_sees_none_of_the_later_writes() {
-    const NAME: &str = "factory::injected_failures::a_child_forked_before_anonymous_pages_are_protected_sees_none_of_the_later_writes";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     let mut pipe = [0; 2];
     // SAFETY: a valid out-array of two descriptors.
     assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);

@@ -19,7 +19,7 @@ use windows_sys::Win32::System::Memory::{
     PAGE_PROTECTION_FLAGS, PAGE_READONLY, PAGE_READWRITE, VIRTUAL_ALLOCATION_TYPE,
 };
 
-#[path = "../../../tests/common/mod.rs"]
+#[path = "../../../tests/common/process.rs"]
 mod common;
 
 const NO_ACCESS: &str = "VirtualProtect(PAGE_NOACCESS)";
@@ -318,12 +318,7 @@ fn fails_cleanly(op: Op, code: u32, expected: &[&str]) {
 /// secret's reservation was before it is checked to be free.
 #[test]
 fn failures_making_secrets_name_the_windows_call_and_leave_nothing_behind() {
-    const NAME: &str = "sys::windows::tests::\
-                        failures_making_secrets_name_the_windows_call_and_leave_nothing_behind";
-    if !common::is_child(NAME) {
-        common::in_child(NAME);
-        return;
-    }
+    common::in_child_process!();
     let commit_remedy = "page file";
     fails_cleanly(
         Op::Reserve,

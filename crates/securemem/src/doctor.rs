@@ -1,13 +1,32 @@
 //! `securemem doctor`: what this machine guarantees for secrets in memory, proven by running
 //! every probe against child processes.
 
-use crate::holder::{BackingArg, MlockArg};
+use crate::holder::{BackingArg, MlockArg, Policy};
+use crate::limits::{LimitSource, Limits, MemlockLimit};
 use crate::machine::Machine;
-use crate::probe::{self, Finding, ProbeError};
+use crate::probe::{self, Finding, ProbeError, Refusal};
 use crate::spawn::HolderOptions;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The version of the JSON report's layout (`"schema"`), raised whenever a field changes
+/// meaning or goes away.
+pub const SCHEMA: u32 = 1;
+
+/// Exit code: every required promise holds.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a required promise does not hold.
+pub const EXIT_NOT_HELD: u8 = 1;
+/// Exit code: the command line is wrong (clap's own errors exit with it too).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the probe itself broke (a holder could not be started, a probe hung or answered
+/// nonsense), so a required promise could not be judged.
+pub const EXIT_PROBE_BROKEN: u8 = 3;
+
+/// The longest line of evidence in the plain report, in characters; `--json` keeps it whole.
+pub const EVIDENCE_WIDTH: usize = 160;
 
 /// A promise's verdict on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -15,12 +34,26 @@ use std::path::PathBuf;
 pub enum Status {
     /// Every probe of the promise ran and found it kept.
     Pass,
-    /// A probe found the promise broken although the library claims its mechanism, or a probe
-    /// failed to run.
+    /// A probe found the promise broken although the library claims its mechanism, or the
+    /// library refused to create a secret with the settings and limits probed.
     Fail,
     /// The mechanism is not available in this configuration on this machine, or the probe's
     /// prerequisite is missing; the evidence says which.
     Unavailable,
+    /// The probe itself broke (a holder that could not be started, a hang): no verdict.
+    Error,
+}
+
+impl Status {
+    /// The word in the report.
+    pub fn word(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Unavailable => "UNAVAILABLE",
+            Status::Error => "ERROR",
+        }
+    }
 }
 
 /// One probe's result inside a promise row.
@@ -35,6 +68,42 @@ pub struct ProbeResult {
     pub finding: Option<Finding>,
     /// Why the probe did not run or did not finish.
     pub error: Option<ProbeError>,
+    /// Probes of one promise with an alternative tag stand in for each other: the promise is
+    /// decided when every probe of one tag ran, the others being skipped.
+    #[serde(skip)]
+    pub alternative: Option<&'static str>,
+}
+
+impl ProbeResult {
+    /// The result of probe `probe` from its outcome.
+    pub fn new(
+        probe: &str,
+        alternative: Option<&'static str>,
+        outcome: Result<Finding, ProbeError>,
+    ) -> Self {
+        let (finding, error) = match outcome {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(e)),
+        };
+        ProbeResult {
+            probe: probe.to_string(),
+            holds: finding.as_ref().map(|f| f.holds),
+            finding,
+            error,
+            alternative,
+        }
+    }
+
+    fn ran_and_held(&self) -> bool {
+        self.finding.as_ref().is_some_and(|f| f.holds)
+    }
+
+    fn skipped(&self) -> Option<&str> {
+        match &self.error {
+            Some(ProbeError::Skipped(reason)) => Some(reason),
+            _ => None,
+        }
+    }
 }
 
 /// One row of the report.
@@ -46,7 +115,7 @@ pub struct PromiseRow {
     pub promise: &'static str,
     /// The verdict.
     pub status: Status,
-    /// The evidence, one fact per entry.
+    /// The evidence, one fact per entry, in full.
     pub evidence: Vec<String>,
     /// For anything not PASS: what to do, in one line.
     pub remedy: Option<String>,
@@ -54,22 +123,133 @@ pub struct PromiseRow {
     pub probes: Vec<ProbeResult>,
 }
 
+/// Which promises must hold for doctor to exit 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Requirement {
+    /// The promises the exit code covers.
+    pub promises: Vec<&'static str>,
+    /// Whether an `UNAVAILABLE` promise among them is accepted (only without `--require` and
+    /// `--strict`).
+    pub unavailable_allowed: bool,
+}
+
+impl Default for Requirement {
+    /// Every promise that this machine and configuration offer must hold.
+    fn default() -> Self {
+        Requirement {
+            promises: PROMISES.iter().map(|&(id, _)| id).collect(),
+            unavailable_allowed: true,
+        }
+    }
+}
+
+impl Requirement {
+    /// Every promise must PASS (`--strict`).
+    pub fn strict() -> Self {
+        Requirement {
+            unavailable_allowed: false,
+            ..Requirement::default()
+        }
+    }
+
+    /// These promises must PASS (`--require`), in the report's order.
+    pub fn listed(ids: &[&str]) -> Self {
+        Requirement {
+            promises: PROMISES
+                .iter()
+                .map(|&(id, _)| id)
+                .filter(|id| ids.contains(id))
+                .collect(),
+            unavailable_allowed: false,
+        }
+    }
+
+    /// The requirement in words.
+    pub fn describe(&self) -> String {
+        if self.unavailable_allowed {
+            "every available promise must hold (UNAVAILABLE is accepted; --require P1,... or \
+             --strict to demand more)"
+                .into()
+        } else if self.promises.len() == PROMISES.len() {
+            "every promise must PASS (--strict)".into()
+        } else {
+            format!("{} must PASS (--require)", self.promises.join(", "))
+        }
+    }
+
+    /// The exit code for these rows: [`EXIT_NOT_HELD`] when a required promise FAILs, or is
+    /// UNAVAILABLE and that is not accepted; otherwise [`EXIT_PROBE_BROKEN`] when a required
+    /// promise could not be judged (ERROR); otherwise [`EXIT_OK`]. A promise found broken is
+    /// an answer even when another probe broke, so it decides first.
+    pub fn exit_code(&self, rows: &[PromiseRow]) -> u8 {
+        let required: Vec<Status> = rows
+            .iter()
+            .filter(|r| self.promises.contains(&r.id))
+            .map(|r| r.status)
+            .collect();
+        let unavailable_counts = !self.unavailable_allowed;
+        if required.contains(&Status::Fail)
+            || (unavailable_counts && required.contains(&Status::Unavailable))
+        {
+            EXIT_NOT_HELD
+        } else if required.contains(&Status::Error) {
+            EXIT_PROBE_BROKEN
+        } else {
+            EXIT_OK
+        }
+    }
+}
+
+/// What to probe, and how.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The `securemem` executable that has the hidden `holder` subcommand.
+    pub exe: PathBuf,
+    /// The factory settings of the holders.
+    pub policy: Policy,
+    /// The holders' `RLIMIT_MEMLOCK` (without `CAP_IPC_LOCK`); `None`: the caller's.
+    pub memlock: Option<MemlockLimit>,
+    /// Which promises must hold.
+    pub requirement: Requirement,
+}
+
+impl Options {
+    /// The library's defaults, the caller's limits, every available promise.
+    pub fn new(exe: impl Into<PathBuf>) -> Self {
+        Options {
+            exe: exe.into(),
+            policy: Policy::default(),
+            memlock: None,
+            requirement: Requirement::default(),
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The layout version of this report ([`SCHEMA`]).
+    pub schema: u32,
+    /// The version of securemem that wrote it.
+    pub securemem_version: &'static str,
     /// The machine's capabilities.
     pub machine: Machine,
-    /// The backing the probes asked for.
-    pub backing: BackingArg,
-    /// The mlock policy of the probes' holders.
-    pub mlock: MlockArg,
+    /// The factory settings the holders used.
+    pub policy: Policy,
+    /// Whose locked-memory limit the holders ran under.
+    pub limits: Limits,
+    /// Which promises must hold.
+    pub requirement: Requirement,
     /// One row per promise.
     pub promises: Vec<PromiseRow>,
-    /// Every available promise holds (the exit code is 0 exactly then).
+    /// The process's exit code (see [`EXIT_OK`] and the others).
+    pub exit_code: u8,
+    /// `exit_code` is 0.
     pub ok: bool,
 }
 
-const PROMISES: [(&str, &str); 7] = [
+/// The promises, in report order.
+pub const PROMISES: [(&str, &str); 7] = [
     ("P1", "never swapped to disk (locked in RAM)"),
     ("P2", "never in a core dump, gcore included"),
     ("P3", "unreadable while idle"),
@@ -79,129 +259,233 @@ const PROMISES: [(&str, &str); 7] = [
     ("P7", "overflow and underflow are caught"),
 ];
 
+/// The promise id as written in the report (`P1` ... `P7`), from user input (`p1` too).
+///
+/// # Errors
+/// A message naming the valid ids.
+pub fn promise_id(text: &str) -> Result<&'static str, String> {
+    let wanted = text.trim();
+    PROMISES
+        .iter()
+        .map(|&(id, _)| id)
+        .find(|id| id.eq_ignore_ascii_case(wanted))
+        .ok_or_else(|| format!("unknown promise {wanted:?}: the promises are P1 to P7"))
+}
+
 type ProbeFn = fn(&HolderOptions) -> Result<Finding, ProbeError>;
 
-fn probes() -> Vec<(&'static str, &'static str, ProbeFn)> {
+struct ProbeSpec {
+    promise: &'static str,
+    name: &'static str,
+    alternative: Option<&'static str>,
+    run: ProbeFn,
+}
+
+const KERNEL_DUMP: Option<&str> = Some("kernel core dump");
+const GCORE: Option<&str> = Some("gcore");
+
+fn probes() -> Vec<ProbeSpec> {
+    let spec = |promise, name, alternative, run: ProbeFn| ProbeSpec {
+        promise,
+        name,
+        alternative,
+        run,
+    };
     vec![
-        ("P1", "smaps of the secret's mapping", probe::smaps::locked),
-        ("P1", "tight RLIMIT_MEMLOCK, MlockPolicy::Required", |o| {
-            probe::memlock::limit(o, MlockArg::Required)
-        }),
-        ("P1", "tight RLIMIT_MEMLOCK, MlockPolicy::BestEffort", |o| {
-            probe::memlock::limit(o, MlockArg::BestEffort)
-        }),
-        ("P2", "kernel core dump, idle", |o| {
+        spec(
+            "P1",
+            "smaps of the secret's mapping",
+            None,
+            probe::smaps::locked,
+        ),
+        spec(
+            "P1",
+            "tight RLIMIT_MEMLOCK, MlockPolicy::Required",
+            None,
+            |o| probe::memlock::limit(o, MlockArg::Required),
+        ),
+        spec(
+            "P1",
+            "tight RLIMIT_MEMLOCK, MlockPolicy::BestEffort",
+            None,
+            |o| probe::memlock::limit(o, MlockArg::BestEffort),
+        ),
+        spec("P2", "kernel core dump, idle", KERNEL_DUMP, |o| {
             probe::dump::kernel_core_dump(o, false)
         }),
-        ("P2", "kernel core dump, inside an access", |o| {
-            probe::dump::kernel_core_dump(o, true)
-        }),
-        ("P2", "gcore, idle", |o| probe::dump::gcore(o, false)),
-        ("P2", "gcore, inside an access", |o| {
+        spec(
+            "P2",
+            "kernel core dump, inside an access",
+            KERNEL_DUMP,
+            |o| probe::dump::kernel_core_dump(o, true),
+        ),
+        spec("P2", "gcore, idle", GCORE, |o| probe::dump::gcore(o, false)),
+        spec("P2", "gcore, inside an access", GCORE, |o| {
             probe::dump::gcore(o, true)
         }),
-        (
+        spec(
             "P3",
             "touch the raw address outside an access",
+            None,
             probe::fault::touch_idle,
         ),
-        (
+        spec(
             "P4",
             "close under trace, then scan",
+            None,
             probe::wipe::close_wipes,
         ),
-        ("P5", "fork and read in the child", probe::fault::fork),
-        ("P6", "read from outside, idle", |o| {
+        spec("P5", "fork and read in the child", None, probe::fault::fork),
+        spec("P6", "read from outside, idle", None, |o| {
             probe::kernel_read::kernel_read(o, false)
         }),
-        ("P6", "read from outside, inside an access", |o| {
+        spec("P6", "read from outside, inside an access", None, |o| {
             probe::kernel_read::kernel_read(o, true)
         }),
-        ("P7", "write one byte past the end", probe::fault::overflow),
-        (
+        spec(
+            "P7",
+            "write one byte past the end",
+            None,
+            probe::fault::overflow,
+        ),
+        spec(
             "P7",
             "write one byte before the data page",
+            None,
             probe::fault::underflow,
         ),
-        (
+        spec(
             "P7",
             "write one byte before the secret, inside its page",
+            None,
             probe::fault::underflow_in_page,
         ),
     ]
 }
 
-/// Runs every probe (in parallel) and builds the report.
-pub fn run(exe: PathBuf, backing: BackingArg) -> Report {
-    let machine = Machine::detect();
-    // Best effort, so the probes still run (and say what is weaker) where memory cannot be
-    // locked; the P1 row then reports the secrets as not locked.
-    let mlock = MlockArg::BestEffort;
-    let options = HolderOptions::new(exe)
-        .with_backing(backing)
-        .with_mlock(mlock);
-    let results: Vec<(&str, ProbeResult)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = probes()
-            .into_iter()
-            .map(|(id, name, f)| {
-                let options = &options;
-                (id, name, scope.spawn(move || f(options)))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|(id, name, h)| {
-                let outcome = h
-                    .join()
+/// What a row's verdict depends on besides its probes.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The machine.
+    pub machine: Machine,
+    /// The holders' factory settings.
+    pub policy: Policy,
+    /// The holders' limits.
+    pub limits: Limits,
+}
+
+/// Runs every probe (in parallel) and builds the report. `progress` is called with each row as
+/// soon as all its probes have finished, and the time since the start.
+pub fn run(options: &Options, progress: &mut dyn FnMut(&PromiseRow, Duration)) -> Report {
+    let context = Context {
+        machine: Machine::detect(),
+        policy: options.policy,
+        limits: Limits::for_holders(options.memlock),
+    };
+    let holder = HolderOptions::new(&options.exe)
+        .with_policy(options.policy)
+        .with_memlock(options.memlock);
+    let specs = probes();
+    let started = Instant::now();
+    let mut results: Vec<Option<ProbeResult>> = vec![None; specs.len()];
+    let mut rows: Vec<Option<PromiseRow>> = vec![None; PROMISES.len()];
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, spec) in specs.iter().enumerate() {
+            let (tx, holder, run) = (tx.clone(), &holder, spec.run);
+            scope.spawn(move || {
+                let outcome = std::panic::catch_unwind(|| run(holder))
                     .unwrap_or_else(|_| Err(ProbeError::Broken("the probe panicked".into())));
-                let (finding, error) = match outcome {
-                    Ok(f) => (Some(f), None),
-                    Err(e) => (None, Some(e)),
+                let _ = tx.send((i, outcome));
+            });
+        }
+        drop(tx);
+        for (i, outcome) in rx {
+            let spec = &specs[i];
+            results[i] = Some(ProbeResult::new(spec.name, spec.alternative, outcome));
+            let mine = || (0..specs.len()).filter(|&j| specs[j].promise == spec.promise);
+            if mine().all(|j| results[j].is_some()) {
+                let Some(k) = PROMISES.iter().position(|&(id, _)| id == spec.promise) else {
+                    continue;
                 };
-                (
-                    id,
-                    ProbeResult {
-                        probe: name.to_string(),
-                        holds: finding.as_ref().map(|f| f.holds),
-                        finding,
-                        error,
-                    },
-                )
-            })
-            .collect()
+                let probes = mine().filter_map(|j| results[j].clone()).collect();
+                let row = judge(PROMISES[k].0, PROMISES[k].1, probes, &context);
+                progress(&row, started.elapsed());
+                rows[k] = Some(row);
+            }
+        }
     });
     let promises: Vec<PromiseRow> = PROMISES
         .iter()
-        .map(|&(id, promise)| {
-            let probes: Vec<ProbeResult> = results
-                .iter()
-                .filter(|(p, _)| *p == id)
-                .map(|(_, r)| r.clone())
-                .collect();
-            judge(id, promise, probes, &machine, backing)
+        .zip(rows)
+        .map(|(&(id, promise), row)| {
+            row.unwrap_or_else(|| judge(id, promise, Vec::new(), &context))
         })
         .collect();
-    let ok = promises.iter().all(|p| p.status != Status::Fail);
+    let exit_code = options.requirement.exit_code(&promises);
     Report {
-        machine,
-        backing,
-        mlock,
+        schema: SCHEMA,
+        securemem_version: env!("CARGO_PKG_VERSION"),
+        machine: context.machine,
+        policy: context.policy,
+        limits: context.limits,
+        requirement: options.requirement.clone(),
         promises,
-        ok,
+        exit_code,
+        ok: exit_code == EXIT_OK,
     }
 }
 
-fn judge(
+/// The promise whose row a refusal of the library fails: the one whose mechanism could not be
+/// had. Every other row is left unprobed.
+pub fn refusal_owner(refusal: &Refusal) -> &'static str {
+    match refusal.error.as_str() {
+        "BackingUnavailable" => "P6",
+        _ => "P1",
+    }
+}
+
+fn refusal_remedy(refusal: &Refusal, c: &Context) -> String {
+    match refusal.error.as_str() {
+        "MemoryLockLimit" => {
+            let mut remedy = format!(
+                "raise the locked-memory limit the application runs under (systemd \
+                 `LimitMEMLOCK=`, `ulimit -l`, `docker run --ulimit memlock=`; every secret \
+                 takes at least one page, {} bytes) or grant it CAP_IPC_LOCK",
+                c.machine.page_size
+            );
+            if c.policy.mlock == MlockArg::Required && c.policy.backing != BackingArg::Secretmem {
+                remedy.push_str(", or accept unlocked secrets with MlockPolicy::BestEffort");
+            }
+            remedy
+        }
+        "BackingUnavailable" => "use Backing::Auto, which falls back to anonymous memory, or a \
+            kernel with memfd_secret (Linux 5.14+, booted with secretmem.enable=1 before 6.5)"
+            .into(),
+        other => format!(
+            "the library cannot create a secret here ({other}): act on its message in the \
+             evidence"
+        ),
+    }
+}
+
+/// Judges one promise from its probes' results.
+pub fn judge(
     id: &'static str,
     promise: &'static str,
     probes: Vec<ProbeResult>,
-    m: &Machine,
-    requested: BackingArg,
+    c: &Context,
 ) -> PromiseRow {
+    let m = &c.machine;
+    let requested = c.policy.backing;
     let mut evidence = Vec::new();
+    // Broken findings of probes that attack a marker holder, which a missing mechanism can
+    // excuse, and of the others (the limit probes), which nothing excuses.
     let mut broken = false;
-    let mut failed_to_run = false;
-    let mut skipped = Vec::new();
+    let mut broken_unexcused = false;
+    let mut errors = false;
+    let mut skipped: Vec<&ProbeResult> = Vec::new();
+    let mut refusal: Option<Refusal> = None;
     let mut marker_backing = None;
     let mut reported_unlocked = false;
     for p in &probes {
@@ -211,9 +495,10 @@ fn judge(
                 evidence.push(format!(
                     "{} [{verdict}]: {}",
                     p.probe,
-                    f.evidence.join("; ")
+                    f.facts_broken_first().join("; ")
                 ));
                 broken |= !f.holds;
+                broken_unexcused |= !f.holds && f.ready.is_none();
                 if let Some(r) = &f.ready {
                     marker_backing.get_or_insert(r.backing.clone());
                     reported_unlocked |= !r.locked;
@@ -221,19 +506,66 @@ fn judge(
             }
             (None, Some(ProbeError::Skipped(reason))) => {
                 evidence.push(format!("{} [skipped]: {reason}", p.probe));
-                skipped.push(reason.clone());
+                skipped.push(p);
+            }
+            (None, Some(ProbeError::Refused(r))) => {
+                refusal.get_or_insert_with(|| r.clone());
             }
             (None, Some(ProbeError::Broken(reason))) => {
                 evidence.push(format!("{} [probe failed]: {reason}", p.probe));
-                failed_to_run = true;
+                errors = true;
             }
             (None, None) => {}
         }
     }
+    if probes.is_empty() {
+        evidence.push("no probe reported back".into());
+        errors = true;
+    }
+    // Skipped probes are covered when, for probes that stand in for each other, every probe of
+    // another alternative ran and held.
+    let complete: Vec<&str> = probes
+        .iter()
+        .filter_map(|p| p.alternative)
+        .filter(|&alt| {
+            probes
+                .iter()
+                .filter(|q| q.alternative == Some(alt))
+                .all(ProbeResult::ran_and_held)
+        })
+        .fold(Vec::new(), |mut v, alt| {
+            if !v.contains(&alt) {
+                v.push(alt);
+            }
+            v
+        });
+    let (covered, uncovered): (Vec<&ProbeResult>, Vec<&ProbeResult>) = skipped
+        .iter()
+        .partition(|p| p.alternative.is_some() && !complete.is_empty());
+    let mut skip_reasons: Vec<&str> = Vec::new();
+    for reason in uncovered.iter().filter_map(|p| p.skipped()) {
+        if !skip_reasons.contains(&reason) {
+            skip_reasons.push(reason);
+        }
+    }
+    if !covered.is_empty() {
+        let mut skipped_alts: Vec<&str> = Vec::new();
+        for alt in covered.iter().filter_map(|p| p.alternative) {
+            if !skipped_alts.contains(&alt) {
+                skipped_alts.push(alt);
+            }
+        }
+        evidence.push(format!(
+            "decided by the {} probes; the {} probes were skipped (see above)",
+            complete.join(" and "),
+            skipped_alts.join(" and ")
+        ));
+    }
+
     let anonymous = marker_backing.as_deref() == Some("anonymous");
     // A probe that finds a promise broken is a FAIL, unless the mechanism behind the promise is
     // one this configuration does not have, in which case the promise is unavailable here.
-    let unavailable_reason = match id {
+    let excuse = match id {
         "P6" if anonymous => Some(match &m.memfd_secret {
             Ok(()) if requested == BackingArg::Anonymous => "the secret is in anonymous memory \
                 (Backing::Anonymous was chosen): root reads it through /proc/PID/mem, which \
@@ -248,90 +580,183 @@ fn judge(
                  which root reads through /proc/PID/mem"
             ),
         }),
+        "P1" if reported_unlocked && c.policy.mlock == MlockArg::Disabled => Some(
+            "MlockPolicy::Disabled was chosen: the library does not lock anonymous memory".into(),
+        ),
         "P1" if reported_unlocked => Some(format!(
-            "secrets cannot be locked: RLIMIT_MEMLOCK soft limit is {}",
-            m.memlock_soft
-                .map_or("unlimited".into(), |b| format!("{b} bytes"))
+            "secrets cannot be locked: the holders' RLIMIT_MEMLOCK soft limit is {} ({}), and \
+             {} allows going on unlocked",
+            c.limits.soft_text(),
+            match c.limits.source {
+                LimitSource::Caller => "the caller's",
+                LimitSource::Option => "given with --memlock",
+            },
+            c.policy.mlock.rust_name()
         )),
         _ => None,
     };
-    let remedy_for = |status: Status| -> Option<String> {
-        if status == Status::Pass {
-            return None;
-        }
-        Some(match id {
-            "P1" if reported_unlocked => {
-                "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd `LimitMEMLOCK=`, \
-                `docker run --ulimit memlock=`) or grant CAP_IPC_LOCK"
-                    .into()
-            }
-            "P6" if unavailable_reason.is_some()
-                && m.memfd_secret.is_ok()
-                && requested != BackingArg::Anonymous =>
-            {
-                "raise RLIMIT_MEMLOCK (`ulimit -l`, \
-                systemd `LimitMEMLOCK=`) or grant CAP_IPC_LOCK, so secret memory can be had"
-                    .into()
-            }
-            "P6" if unavailable_reason.is_some() => "use Backing::Auto on Linux 5.14+ with \
-                memfd_secret enabled (boot with secretmem.enable=1 on kernels before 6.5)"
-                .into(),
-            "P7" if !skipped.is_empty() && !broken && !failed_to_run => "the guard pages still \
-                catch what leaves the data pages; for a canary inside them, use a securememory \
-                that reports Secret::protection().canary for small secrets"
-                .into(),
-            "P2" if !skipped.is_empty() && !broken => {
-                if m.core_piped {
-                    "dumps go to a program: check what it stores (e.g. `coredumpctl`), or set \
-                     kernel.core_pattern=core to let this probe verify; to be sure, call \
-                     securememory::disable_core_dumps() AND disable the collector"
-                        .into()
-                } else {
-                    format!("to run the missing probe: {}", skipped.join("; "))
-                }
-            }
-            _ if failed_to_run => "a probe could not run; rerun `securemem doctor` and report the \
-                evidence if it persists"
-                .into(),
-            _ if !skipped.is_empty() && !broken => {
-                format!("to run the missing probe: {}", skipped.join("; "))
-            }
-            _ => "this promise is broken on this machine: report it with this output".into(),
-        })
-    };
-    let status = if broken {
-        if unavailable_reason.is_some() {
-            Status::Unavailable
-        } else {
-            Status::Fail
-        }
-    } else if failed_to_run {
+    let owned_refusal = refusal.as_ref().filter(|r| refusal_owner(r) == id);
+    let broken_for_real = broken_unexcused || (broken && excuse.is_none());
+    let status = if broken_for_real || owned_refusal.is_some() {
         Status::Fail
-    } else if !skipped.is_empty() {
+    } else if errors {
+        Status::Error
+    } else if refusal.is_some() || broken || !skip_reasons.is_empty() {
         Status::Unavailable
     } else {
         Status::Pass
     };
-    if let Some(reason) = &unavailable_reason {
-        if status == Status::Unavailable {
+    if let Some(r) = &refusal {
+        let owner = refusal_owner(r);
+        evidence.insert(
+            0,
+            if owner == id {
+                format!("the library refused the first secret: {}", r.message)
+            } else {
+                format!(
+                    "not probed: the library refused to create a secret with these settings and \
+                     limits (see {owner})"
+                )
+            },
+        );
+    } else if let (Some(reason), Status::Unavailable) = (&excuse, status) {
+        if broken {
             evidence.insert(0, reason.clone());
         }
     }
     if id == "P1" && m.swap_devices == 0 {
         evidence.push("this machine has no swap at the moment".into());
     }
+    let remedy = match status {
+        Status::Pass => None,
+        Status::Fail if broken_for_real => {
+            Some("this promise is broken on this machine: report it with this output".into())
+        }
+        Status::Fail => owned_refusal.map(|r| refusal_remedy(r, c)),
+        Status::Error => Some(
+            "a probe could not run; rerun `securemem doctor` and report the evidence if it \
+             persists"
+                .into(),
+        ),
+        Status::Unavailable => Some(unavailable_remedy(
+            id,
+            c,
+            refusal.as_ref(),
+            excuse.is_some() && broken,
+            &skip_reasons,
+        )),
+    };
     PromiseRow {
         id,
         promise,
         status,
-        remedy: remedy_for(status),
+        remedy,
         evidence,
         probes,
     }
 }
 
+fn unavailable_remedy(
+    id: &str,
+    c: &Context,
+    refusal: Option<&Refusal>,
+    excused: bool,
+    skip_reasons: &[&str],
+) -> String {
+    let m = &c.machine;
+    if let Some(r) = refusal {
+        return format!(
+            "see {}: once a secret can be created, run securemem doctor again",
+            refusal_owner(r)
+        );
+    }
+    match id {
+        "P1" if excused && c.policy.mlock == MlockArg::Disabled => {
+            "use MlockPolicy::Required (the library's default) or BestEffort".into()
+        }
+        "P1" if excused => "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd `LimitMEMLOCK=`, \
+            `docker run --ulimit memlock=`) or grant CAP_IPC_LOCK"
+            .into(),
+        "P6" if excused && m.memfd_secret.is_ok() && c.policy.backing != BackingArg::Anonymous => {
+            "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd `LimitMEMLOCK=`) or grant CAP_IPC_LOCK, \
+             so secret memory can be had"
+                .into()
+        }
+        "P6" if excused => "use Backing::Auto on Linux 5.14+ with memfd_secret enabled (boot \
+            with secretmem.enable=1 on kernels before 6.5)"
+            .into(),
+        "P7" if !skip_reasons.is_empty() => "the guard pages still catch what leaves the data \
+            pages; for a canary inside them, use a securememory that reports \
+            Secret::protection().canary for small secrets"
+            .into(),
+        "P2" if m.core_piped => "dumps go to a program: check what it stores (e.g. \
+            `coredumpctl`), or set kernel.core_pattern=core to let this probe verify; to be sure, \
+            call securememory::disable_core_dumps() AND disable the collector"
+            .into(),
+        _ => format!("to run the missing probe: {}", skip_reasons.join("; ")),
+    }
+}
+
+/// `line` cut to at most `width` characters. A line of facts joined by `; ` keeps its first
+/// facts and its last one (usually the conclusion), with `…` for what was left out; any other
+/// line is cut at the end, with `…`.
+pub fn clip(line: &str, width: usize) -> String {
+    let len = |s: &str| s.chars().count();
+    if len(line) <= width {
+        return line.to_string();
+    }
+    let facts: Vec<&str> = line.split("; ").collect();
+    if let [first, .., last] = facts[..] {
+        let tail = format!("; …; {last}");
+        if len(first) + len(&tail) <= width {
+            let mut head = first.to_string();
+            for fact in &facts[1..facts.len() - 1] {
+                if len(&head) + 2 + len(fact) + len(&tail) > width {
+                    break;
+                }
+                head.push_str("; ");
+                head.push_str(fact);
+            }
+            return head + &tail;
+        }
+        // Room for the last fact behind the probe's name only.
+        if let Some(end) = first.find("]: ") {
+            let label = &first[..end + 3];
+            if len(label) + len(last) + 3 <= width {
+                return format!("{label}…; {last}");
+            }
+        }
+    }
+    let mut out: String = line.chars().take(width.saturating_sub(1)).collect();
+    out.truncate(out.trim_end().len());
+    out.push('…');
+    out
+}
+
 impl Report {
-    /// The report as plain text.
+    /// The backing the holders' secrets got, in words.
+    pub fn backing_got(&self) -> String {
+        let refused = self
+            .promises
+            .iter()
+            .flat_map(|p| &p.probes)
+            .any(|p| matches!(p.error, Some(ProbeError::Refused(_))));
+        self.promises
+            .iter()
+            .flat_map(|p| &p.probes)
+            .filter_map(|p| p.finding.as_ref())
+            .find(|f| f.ready.is_some())
+            .map_or(
+                if refused {
+                    "no secret: the library refused".to_string()
+                } else {
+                    "unknown".to_string()
+                },
+                |f| format!("got {}", f.backing),
+            )
+    }
+
+    /// The report as plain text, evidence cut to [`EVIDENCE_WIDTH`] characters a line.
     pub fn plain(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -342,50 +767,228 @@ impl Report {
         for (name, value) in self.machine.rows() {
             let _ = writeln!(out, "  {name:<26}{value}");
         }
-        let backing_got = self
-            .promises
-            .iter()
-            .flat_map(|p| &p.probes)
-            .filter_map(|p| p.finding.as_ref())
-            .find(|f| f.ready.is_some())
-            .map_or("unknown".to_string(), |f| f.backing.clone());
-        let _ =
-            writeln!(
+        let _ = writeln!(out, "\nProbed in child processes");
+        let _ = writeln!(
             out,
-            "\nPromises (probed in child processes; backing {} -> {backing_got}, MlockPolicy::{})",
-            self.backing.name(),
-            if self.mlock == MlockArg::BestEffort { "BestEffort" } else { "Required" },
+            "  {:<26}{} ({}), {}",
+            "policy",
+            self.policy.backing.rust_name(),
+            self.backing_got(),
+            self.policy.mlock.rust_name()
         );
+        let _ = writeln!(out, "  {:<26}{}", "limits", self.limits.describe());
+        if self.limits.source == LimitSource::Caller {
+            let _ = writeln!(
+                out,
+                "  {:<26}(--memlock BYTES probes under the limit a service runs with)",
+                ""
+            );
+        }
+        let _ = writeln!(out, "  {:<26}{}", "required", self.requirement.describe());
+        let _ = writeln!(out, "\nPromises");
         for row in &self.promises {
-            let status = match row.status {
-                Status::Pass => "PASS",
-                Status::Fail => "FAIL",
-                Status::Unavailable => "UNAVAILABLE",
-            };
-            let _ = writeln!(out, "  {} {:<46}{status}", row.id, row.promise);
+            let _ = writeln!(out, "  {} {:<46}{}", row.id, row.promise, row.status.word());
             for e in &row.evidence {
-                let _ = writeln!(out, "       - {e}");
+                let _ = writeln!(out, "{}", clip(&format!("       - {e}"), EVIDENCE_WIDTH));
             }
             if let Some(r) = &row.remedy {
                 let _ = writeln!(out, "       remedy: {r}");
             }
         }
-        let fails = self
-            .promises
-            .iter()
-            .filter(|p| p.status == Status::Fail)
-            .count();
-        let unavailable = self
-            .promises
-            .iter()
-            .filter(|p| p.status == Status::Unavailable)
-            .count();
+        let count = |s: Status| self.promises.iter().filter(|p| p.status == s).count();
+        let errors = count(Status::Error);
         let _ = writeln!(
             out,
-            "\n{}: {} PASS, {fails} FAIL, {unavailable} UNAVAILABLE",
+            "\n{}: {} PASS, {} FAIL, {} UNAVAILABLE{} (exit {})",
             if self.ok { "OK" } else { "NOT OK" },
-            self.promises.len() - fails - unavailable
+            count(Status::Pass),
+            count(Status::Fail),
+            count(Status::Unavailable),
+            if errors > 0 {
+                format!(", {errors} ERROR")
+            } else {
+                String::new()
+            },
+            self.exit_code
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> Context {
+        Context {
+            machine: Machine::detect(),
+            policy: Policy::default(),
+            limits: Limits::for_holders(None),
+        }
+    }
+
+    fn held(probe: &str, alternative: Option<&'static str>) -> ProbeResult {
+        let mut f = Finding::new("P2", probe, None);
+        f.saw("the 32-byte marker is absent from the dump (raw and hex)");
+        ProbeResult::new(probe, alternative, Ok(f))
+    }
+
+    fn skipped(probe: &str, alternative: Option<&'static str>, why: &str) -> ProbeResult {
+        ProbeResult::new(probe, alternative, Err(ProbeError::Skipped(why.into())))
+    }
+
+    const NO_GDB: &str = "gcore (from gdb) is not installed: apt-get install gdb";
+
+    #[test]
+    fn p2_passes_on_kernel_dumps_when_gcore_is_missing() {
+        let c = context();
+        let row = judge(
+            "P2",
+            "dumps",
+            vec![
+                held("kernel core dump, idle", KERNEL_DUMP),
+                held("kernel core dump, inside an access", KERNEL_DUMP),
+                skipped("gcore, idle", GCORE, NO_GDB),
+                skipped("gcore, inside an access", GCORE, NO_GDB),
+            ],
+            &c,
+        );
+        assert_eq!(row.status, Status::Pass, "{row:?}");
+        assert_eq!(row.remedy, None);
+        assert!(
+            row.evidence
+                .iter()
+                .any(|e| e.contains("gcore, idle [skipped]") && e.contains("gdb")),
+            "{row:?}"
+        );
+        assert!(row
+            .evidence
+            .iter()
+            .any(|e| e.contains("decided by the kernel core dump probes")));
+    }
+
+    #[test]
+    fn p2_is_unavailable_only_when_neither_dump_can_run() {
+        let c = context();
+        let piped = "kernel.core_pattern pipes dumps to a program";
+        let row = judge(
+            "P2",
+            "dumps",
+            vec![
+                skipped("kernel core dump, idle", KERNEL_DUMP, piped),
+                skipped("kernel core dump, inside an access", KERNEL_DUMP, piped),
+                skipped("gcore, idle", GCORE, NO_GDB),
+                skipped("gcore, inside an access", GCORE, NO_GDB),
+            ],
+            &c,
+        );
+        assert_eq!(row.status, Status::Unavailable, "{row:?}");
+        let remedy = row.remedy.expect("remedy");
+        if !c.machine.core_piped {
+            assert_eq!(
+                remedy.matches(NO_GDB).count(),
+                1,
+                "each reason once: {remedy}"
+            );
+        }
+        // One kernel dump skipped and one gcore skipped: no kind ran completely.
+        let row = judge(
+            "P2",
+            "dumps",
+            vec![
+                held("kernel core dump, idle", KERNEL_DUMP),
+                skipped("kernel core dump, inside an access", KERNEL_DUMP, piped),
+                held("gcore, idle", GCORE),
+                skipped("gcore, inside an access", GCORE, NO_GDB),
+            ],
+            &c,
+        );
+        assert_eq!(row.status, Status::Unavailable, "{row:?}");
+    }
+
+    #[test]
+    fn a_skip_without_an_alternative_is_unavailable() {
+        let row = judge(
+            "P7",
+            "overflow",
+            vec![
+                held("past the end", None),
+                skipped("canary", None, "no canary"),
+            ],
+            &context(),
+        );
+        assert_eq!(row.status, Status::Unavailable);
+    }
+
+    #[test]
+    fn a_refusal_fails_the_row_it_concerns_and_leaves_the_others_unprobed() {
+        let c = context();
+        let refused = || {
+            ProbeResult::new(
+                "probe",
+                None,
+                Err(ProbeError::Refused(Refusal {
+                    error: "MemoryLockLimit".into(),
+                    message: "could not lock 4096 bytes in RAM: RLIMIT_MEMLOCK 0 bytes".into(),
+                })),
+            )
+        };
+        let p1 = judge("P1", "locked", vec![refused()], &c);
+        assert_eq!(p1.status, Status::Fail);
+        assert!(p1.evidence[0].contains("RLIMIT_MEMLOCK"), "{p1:?}");
+        assert!(p1.remedy.unwrap_or_default().contains("LimitMEMLOCK"));
+        let p3 = judge("P3", "idle", vec![refused()], &c);
+        assert_eq!(p3.status, Status::Unavailable);
+        assert!(p3.remedy.unwrap_or_default().contains("see P1"));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_requirement() {
+        let row = |id: &'static str, status| PromiseRow {
+            id,
+            promise: "",
+            status,
+            evidence: Vec::new(),
+            remedy: None,
+            probes: Vec::new(),
+        };
+        let rows = vec![
+            row("P1", Status::Pass),
+            row("P2", Status::Unavailable),
+            row("P3", Status::Error),
+        ];
+        assert_eq!(Requirement::listed(&["P1"]).exit_code(&rows), EXIT_OK);
+        assert_eq!(Requirement::listed(&["P2"]).exit_code(&rows), EXIT_NOT_HELD);
+        assert_eq!(
+            Requirement::listed(&["P1", "P3"]).exit_code(&rows),
+            EXIT_PROBE_BROKEN
+        );
+        assert_eq!(Requirement::default().exit_code(&rows), EXIT_PROBE_BROKEN);
+        assert_eq!(Requirement::strict().exit_code(&rows), EXIT_NOT_HELD);
+        let mut failing = rows.clone();
+        failing.push(row("P4", Status::Fail));
+        assert_eq!(Requirement::default().exit_code(&failing), EXIT_NOT_HELD);
+    }
+
+    #[test]
+    fn clip_cuts_long_lines_with_an_ellipsis() {
+        assert_eq!(clip("short", 10), "short");
+        let long = "é".repeat(200);
+        let cut = clip(&long, EVIDENCE_WIDTH);
+        assert_eq!(cut.chars().count(), EVIDENCE_WIDTH);
+        assert!(cut.ends_with('…'));
+        let facts = format!("probe [ok]: first; {}; conclusion", "x".repeat(200));
+        assert_eq!(clip(&facts, 40), "probe [ok]: first; …; conclusion");
+        let long_first = format!("probe [ok]: {}; conclusion", "y".repeat(200));
+        assert_eq!(clip(&long_first, 40), "probe [ok]: …; conclusion");
+        let no_room = format!("probe [ok]: first; {}", "z".repeat(200));
+        assert_eq!(clip(&no_room, 40).chars().count(), 40);
+    }
+
+    #[test]
+    fn promise_ids_are_read_case_insensitively() {
+        assert_eq!(promise_id("p6"), Ok("P6"));
+        assert_eq!(promise_id(" P1 "), Ok("P1"));
+        assert!(promise_id("P8").is_err());
     }
 }

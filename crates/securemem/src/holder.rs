@@ -26,9 +26,14 @@
 //! | `underflow-in-page` | inside `with_bytes_mut`, flips the byte right before the secret (inside its data page, where the canary is), then `close`s | `underflow-in-page with_bytes_mut=R close=R`, each `R` being `Ok`, `Corrupted` or another error's variant name; dies of SIGSEGV when that byte is not mapped |
 //! | `exit` | exits 0 | `bye` |
 //!
+//! When the library refuses to create the secret (for example `MlockPolicy::Required` under a
+//! locked-memory limit it cannot meet), the holder prints `refused <error variant> <message>`
+//! instead of the marker and exits with [`EXIT_REFUSED`].
+//!
 //! In memlock-limit mode (`--fill N`) it instead creates up to `N` small secrets and answers one
 //! line per secret (`created I backing=.. locked=..` or `error I <message>`), then `done`.
 
+use crate::limits::MemlockLimit;
 use securememory::{Backing, MlockPolicy, ProtectedMemorySecretFactory, Secret, SecretFactory};
 use std::io::{self, Write};
 
@@ -66,6 +71,15 @@ impl BackingArg {
             BackingArg::Secretmem => "secretmem",
         }
     }
+
+    /// The library's name for the value (`Backing::Auto`).
+    pub fn rust_name(self) -> &'static str {
+        match self {
+            BackingArg::Auto => "Backing::Auto",
+            BackingArg::Anonymous => "Backing::Anonymous",
+            BackingArg::Secretmem => "Backing::SecretMem",
+        }
+    }
 }
 
 /// What the holder's factory does when memory cannot be locked (the factory's `MlockPolicy`).
@@ -77,6 +91,8 @@ pub enum MlockArg {
     Required,
     /// `MlockPolicy::BestEffort`.
     BestEffort,
+    /// `MlockPolicy::Disabled`.
+    Disabled,
 }
 
 impl MlockArg {
@@ -85,6 +101,7 @@ impl MlockArg {
         match self {
             MlockArg::Required => MlockPolicy::Required,
             MlockArg::BestEffort => MlockPolicy::BestEffort,
+            MlockArg::Disabled => MlockPolicy::Disabled,
         }
     }
 
@@ -93,19 +110,71 @@ impl MlockArg {
         match self {
             MlockArg::Required => "required",
             MlockArg::BestEffort => "best-effort",
+            MlockArg::Disabled => "disabled",
         }
+    }
+
+    /// The library's name for the value (`MlockPolicy::Required`).
+    pub fn rust_name(self) -> &'static str {
+        match self {
+            MlockArg::Required => "MlockPolicy::Required",
+            MlockArg::BestEffort => "MlockPolicy::BestEffort",
+            MlockArg::Disabled => "MlockPolicy::Disabled",
+        }
+    }
+}
+
+/// The factory settings a holder creates its secret with: what an application passes to
+/// `ProtectedMemorySecretFactory::builder()`. Shared by `doctor` and `holder`, and passed from
+/// one to the other by [`Policy::args`], so a new setting is added here once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::Args, serde::Serialize)]
+pub struct Policy {
+    /// The backing (`Backing::Auto`, the library's default, uses secret memory where the kernel
+    /// offers it).
+    #[arg(long, value_enum, default_value_t = BackingArg::Auto)]
+    pub backing: BackingArg,
+    /// What to do when memory cannot be locked (`MlockPolicy::Required`, the library's default,
+    /// fails the secret).
+    #[arg(long, value_enum, default_value_t = MlockArg::Required)]
+    pub mlock: MlockArg,
+}
+
+impl Policy {
+    /// The factory with these settings: the library's default factory itself when they are
+    /// the defaults.
+    pub fn factory(&self) -> ProtectedMemorySecretFactory {
+        if *self == Policy::default() {
+            ProtectedMemorySecretFactory::default()
+        } else {
+            ProtectedMemorySecretFactory::builder()
+                .backing(self.backing.backing())
+                .mlock(self.mlock.policy())
+                .build()
+        }
+    }
+
+    /// The holder's command-line arguments for these settings.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--backing".into(),
+            self.backing.name().into(),
+            "--mlock".into(),
+            self.mlock.name().into(),
+        ]
+    }
+
+    /// The settings as the library spells them.
+    pub fn describe(&self) -> String {
+        format!("{}, {}", self.backing.rust_name(), self.mlock.rust_name())
     }
 }
 
 /// The holder's command line (`securemem holder ...`).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct HolderArgs {
-    /// Where the secret lives.
-    #[arg(long, value_enum, default_value_t = BackingArg::Auto)]
-    pub backing: BackingArg,
-    /// What to do when memory cannot be locked.
-    #[arg(long, value_enum, default_value_t = MlockArg::Required)]
-    pub mlock: MlockArg,
+    /// The factory's settings.
+    #[command(flatten)]
+    pub policy: Policy,
     /// Raise the soft core-dump limit to the hard one (otherwise it is set to 0, so that the
     /// fault probes do not spend time writing dumps).
     #[arg(long)]
@@ -114,22 +183,41 @@ pub struct HolderArgs {
     /// even to root.
     #[arg(long)]
     pub drop_ipc_lock: bool,
-    /// Lower RLIMIT_MEMLOCK (soft and hard) to this many bytes.
+    /// Set RLIMIT_MEMLOCK (soft and hard) to this many bytes (or `unlimited`).
     #[arg(long)]
-    pub memlock_limit: Option<u64>,
+    pub memlock_limit: Option<MemlockLimit>,
     /// Memlock-limit mode: create up to this many 32-byte secrets, report each, and exit.
     #[arg(long)]
     pub fill: Option<usize>,
 }
 
+/// The exit code of a holder whose secret the library refused to create (after its `refused`
+/// line).
+pub const EXIT_REFUSED: i32 = 3;
+
 /// Runs the holder; returns the process exit code.
 pub fn run(args: &HolderArgs) -> i32 {
     match run_inner(args) {
         Ok(()) => 0,
-        Err(message) => {
+        Err(Stop::Refused) => EXIT_REFUSED,
+        Err(Stop::Error(message)) => {
             let _ = send(&format!("error {}", one_line(&message)));
             1
         }
+    }
+}
+
+/// Why the holder stopped early.
+enum Stop {
+    /// The library refused to create the secret; the `refused` line has been sent.
+    Refused,
+    /// Anything else, to be sent as an `error` line.
+    Error(String),
+}
+
+impl From<String> for Stop {
+    fn from(message: String) -> Self {
+        Stop::Error(message)
     }
 }
 
@@ -137,13 +225,14 @@ fn one_line(message: &str) -> String {
     message.replace(['\n', '\r'], " ")
 }
 
-fn run_inner(args: &HolderArgs) -> Result<(), String> {
+fn run_inner(args: &HolderArgs) -> Result<(), Stop> {
     if args.drop_ipc_lock {
         crate::sys::drop_capability(crate::sys::CAP_IPC_LOCK)
             .map_err(|e| format!("capset (dropping CAP_IPC_LOCK) failed: {e}"))?;
     }
     if let Some(limit) = args.memlock_limit {
-        crate::sys::set_rlimit(libc::RLIMIT_MEMLOCK, limit, Some(limit))
+        let value = limit.rlimit();
+        crate::sys::set_rlimit(libc::RLIMIT_MEMLOCK, value, Some(value))
             .map_err(|e| format!("setrlimit(RLIMIT_MEMLOCK, {limit}) failed: {e}"))?;
     }
     let (_, core_hard) = crate::sys::get_rlimit(libc::RLIMIT_CORE);
@@ -151,23 +240,26 @@ fn run_inner(args: &HolderArgs) -> Result<(), String> {
     crate::sys::set_rlimit(libc::RLIMIT_CORE, core_soft.unwrap_or(u64::MAX), None)
         .map_err(|e| format!("setrlimit(RLIMIT_CORE) failed: {e}"))?;
 
-    let factory = if args.backing == BackingArg::Auto && args.mlock == MlockArg::Required {
-        ProtectedMemorySecretFactory::default()
-    } else {
-        ProtectedMemorySecretFactory::builder()
-            .backing(args.backing.backing())
-            .mlock(args.mlock.policy())
-            .build()
-    };
+    let factory = args.policy.factory();
     if let Some(count) = args.fill {
         fill(&factory, count);
         return Ok(());
     }
-    let secret = factory
-        .create_random(MARKER_LEN)
-        .map_err(|e| format!("create_random: {e}"))?;
+    let secret = match factory.create_random(MARKER_LEN) {
+        Ok(secret) => secret,
+        Err(e) => {
+            // The library's own verdict on this policy and these limits, not a failure of the
+            // holder: an application with the same settings would get this error.
+            let _ = send(&format!(
+                "refused {} {}",
+                variant_name(&e),
+                one_line(&e.to_string())
+            ));
+            return Err(Stop::Refused);
+        }
+    };
     announce(&secret)?;
-    serve(&secret)
+    Ok(serve(&secret)?)
 }
 
 fn fill(factory: &ProtectedMemorySecretFactory, count: usize) {
@@ -383,19 +475,24 @@ fn underflow_in_page(secret: &Secret) -> io::Result<()> {
 fn outcome<T>(result: &Result<T, securememory::Error>) -> String {
     match result {
         Ok(_) => "Ok".into(),
-        Err(securememory::Error::Corrupted) => "Corrupted".into(),
-        Err(e) => {
-            let debug = format!("{e:?}");
-            let name: String = debug
-                .chars()
-                .take_while(char::is_ascii_alphanumeric)
-                .collect();
-            if name.is_empty() {
-                "Error".into()
-            } else {
-                name
-            }
-        }
+        Err(e) => variant_name(e),
+    }
+}
+
+/// The library error's variant name, one word.
+fn variant_name(error: &securememory::Error) -> String {
+    if let securememory::Error::Corrupted = error {
+        return "Corrupted".into();
+    }
+    let debug = format!("{error:?}");
+    let name: String = debug
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    if name.is_empty() {
+        "Error".into()
+    } else {
+        name
     }
 }
 

@@ -1,8 +1,9 @@
 //! The probe's side of a holder: spawning it in a fresh directory, talking to it with timeouts,
 //! and waiting for it to die.
 
-use crate::holder::{BackingArg, MlockArg, MARKER_LEN};
-use crate::probe::ProbeError;
+use crate::holder::{BackingArg, MlockArg, Policy, MARKER_LEN};
+use crate::limits::MemlockLimit;
+use crate::probe::{ProbeError, Refusal};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -15,10 +16,11 @@ use std::time::{Duration, Instant};
 pub struct HolderOptions {
     /// The `securemem` executable that has the hidden `holder` subcommand.
     pub exe: PathBuf,
-    /// Where the secret lives.
-    pub backing: BackingArg,
-    /// What to do when memory cannot be locked.
-    pub mlock: MlockArg,
+    /// The factory settings the holder creates its secret with.
+    pub policy: Policy,
+    /// Run the holder under this `RLIMIT_MEMLOCK` (soft and hard), without `CAP_IPC_LOCK`;
+    /// `None`: under the caller's limit and capabilities.
+    pub memlock: Option<MemlockLimit>,
     /// Let the holder write a kernel core dump (into its fresh working directory).
     pub core_dumps: bool,
     /// How long any single wait may last before the probe gives up.
@@ -26,28 +28,43 @@ pub struct HolderOptions {
 }
 
 impl HolderOptions {
-    /// Options for `exe` with the default factory's settings and a 30 s timeout.
+    /// Options for `exe` with the default factory's settings, the caller's limits and a 30 s
+    /// timeout.
     pub fn new(exe: impl Into<PathBuf>) -> Self {
         HolderOptions {
             exe: exe.into(),
-            backing: BackingArg::Auto,
-            mlock: MlockArg::Required,
+            policy: Policy::default(),
+            memlock: None,
             core_dumps: false,
             timeout: Duration::from_secs(30),
         }
     }
 
+    /// The same options with other factory settings.
+    #[must_use]
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// The same options with another backing.
     #[must_use]
     pub fn with_backing(mut self, backing: BackingArg) -> Self {
-        self.backing = backing;
+        self.policy.backing = backing;
         self
     }
 
     /// The same options with another mlock policy.
     #[must_use]
     pub fn with_mlock(mut self, mlock: MlockArg) -> Self {
-        self.mlock = mlock;
+        self.policy.mlock = mlock;
+        self
+    }
+
+    /// The same options with the holder under `limit` and without `CAP_IPC_LOCK`.
+    #[must_use]
+    pub fn with_memlock(mut self, limit: Option<MemlockLimit>) -> Self {
+        self.memlock = limit;
         self
     }
 }
@@ -143,10 +160,7 @@ fn spawn_lines(
 ) -> Result<(Child, Receiver<String>), ProbeError> {
     let mut cmd = Command::new(&options.exe);
     cmd.arg("holder")
-        .arg("--backing")
-        .arg(options.backing.name())
-        .arg("--mlock")
-        .arg(options.mlock.name())
+        .args(options.policy.args())
         .args(extra)
         .current_dir(dir)
         .stdin(Stdio::piped())
@@ -154,6 +168,11 @@ fn spawn_lines(
         .stderr(Stdio::inherit());
     if options.core_dumps {
         cmd.arg("--core-dumps");
+    }
+    if let Some(limit) = options.memlock {
+        cmd.arg("--drop-ipc-lock")
+            .arg("--memlock-limit")
+            .arg(limit.to_string());
     }
     // SAFETY: only async-signal-safe calls (setrlimit) run between fork and exec.
     unsafe {
@@ -219,6 +238,16 @@ fn parse_ready(marker: &str, line: &str) -> Option<(Ready, [u8; MARKER_LEN])> {
     Some((ready, marker.try_into().ok()?))
 }
 
+/// Parses what follows `refused ` in a holder's first line: the error's variant name, then its
+/// message.
+fn parse_refusal(rest: &str) -> Option<Refusal> {
+    let (error, message) = rest.split_once(' ')?;
+    Some(Refusal {
+        error: error.to_string(),
+        message: message.to_string(),
+    })
+}
+
 /// Decodes lowercase or uppercase hex.
 pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if hex.len() % 2 != 0 {
@@ -234,7 +263,9 @@ impl Holder {
     /// Starts a holder in a fresh temporary directory and waits for its `ready` line.
     ///
     /// # Errors
-    /// [`ProbeError::Broken`] when it cannot be started or does not report ready in time.
+    /// [`ProbeError::Refused`] when the library refused to create the secret with these
+    /// settings; [`ProbeError::Broken`] when the holder cannot be started or does not report
+    /// ready in time.
     pub fn spawn(options: &HolderOptions) -> Result<Holder, ProbeError> {
         let dir = TempDir::new("holder")
             .map_err(|e| ProbeError::Broken(format!("creating a temporary directory: {e}")))?;
@@ -254,6 +285,10 @@ impl Holder {
                 return Err(e);
             }
         };
+        if let Some(refusal) = marker.strip_prefix("refused ").and_then(parse_refusal) {
+            let _ = wait_with_timeout(&mut child, options.timeout);
+            return Err(ProbeError::Refused(refusal));
+        }
         let Some((ready, marker)) = parse_ready(&marker, &line) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -408,8 +443,9 @@ impl Drop for Holder {
     }
 }
 
-/// Runs a holder in memlock-limit mode: without CAP_IPC_LOCK, with `RLIMIT_MEMLOCK` lowered to
-/// `limit` bytes, creating up to `count` secrets. Returns its answer lines (up to `done`).
+/// Runs a holder in memlock-limit mode: without CAP_IPC_LOCK, with `RLIMIT_MEMLOCK` set to
+/// `limit` bytes (whatever `options.memlock` says), creating up to `count` secrets. Returns its
+/// answer lines (up to `done`).
 ///
 /// # Errors
 /// [`ProbeError::Broken`] when it cannot be run or hangs.
@@ -420,14 +456,11 @@ pub fn run_fill(
 ) -> Result<Vec<String>, ProbeError> {
     let dir = TempDir::new("fill")
         .map_err(|e| ProbeError::Broken(format!("creating a temporary directory: {e}")))?;
-    let extra = [
-        "--drop-ipc-lock".to_string(),
-        "--memlock-limit".to_string(),
-        limit.to_string(),
-        "--fill".to_string(),
-        count.to_string(),
-    ];
-    let (mut child, lines) = spawn_lines(options, &extra, dir.path())?;
+    let options = options
+        .clone()
+        .with_memlock(Some(MemlockLimit::Bytes(limit)));
+    let extra = ["--fill".to_string(), count.to_string()];
+    let (mut child, lines) = spawn_lines(&options, &extra, dir.path())?;
     drop(child.stdin.take());
     let mut out = Vec::new();
     loop {

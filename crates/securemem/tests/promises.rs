@@ -1,12 +1,13 @@
-//! Every promise of DESIGN.md §2, proven from outside the process: each test starts a holder
-//! (`securemem holder`) with the default factory or with `Backing::Anonymous`, attacks it from
-//! this process, and checks what really happened.
+//! Every promise of the library (ARCHITECTURE.md, "The promises"), proven from outside the
+//! process: each test starts a holder (`securemem holder`) with the default factory or with
+//! `Backing::Anonymous`, attacks it from this process, and checks what really happened.
 //!
 //! A probe whose prerequisite is missing prints `skipped: <reason>`; with `CI` set, a skip
 //! fails the test. Every wait in the probes has a timeout, so a hang fails instead of blocking.
 #![cfg(target_os = "linux")]
 
 use securemem::holder::{BackingArg, MlockArg};
+use securemem::limits::MemlockLimit;
 use securemem::probe::kernel_read::{proc_mem_read, vm_readv, Read};
 use securemem::probe::{self, Finding, ProbeError};
 use securemem::spawn::{Holder, HolderOptions};
@@ -199,6 +200,39 @@ fn memlock_limit_with_best_effort_policy_runs_and_reports_unlocked() {
 #[test]
 fn memlock_limit_with_best_effort_policy_runs_and_reports_unlocked_anonymous() {
     assert_holds(probe::memlock::limit(&anonymous(), MlockArg::BestEffort));
+}
+
+/// `Backing::SecretMem` is charged to the locked-memory limit whatever the policy, so best
+/// effort must be refused at the limit like `Required`, naming it.
+#[test]
+fn memlock_limit_on_secret_memory_is_refused_whatever_the_policy() {
+    if let Err(e) = securemem::sys::memfd_secret() {
+        skip(&format!("memfd_secret is unavailable here: {e}"));
+        return;
+    }
+    for mlock in [MlockArg::Required, MlockArg::BestEffort] {
+        assert_holds(probe::memlock::limit(
+            &options(BackingArg::Secretmem),
+            mlock,
+        ));
+    }
+}
+
+/// The default policy under a locked-memory limit of 0 without CAP_IPC_LOCK: the library
+/// refuses the first secret, and the holder reports the library's error as such.
+#[test]
+fn holder_under_a_zero_memlock_limit_reports_the_library_refusal() {
+    let options = default_factory().with_memlock(Some(MemlockLimit::Bytes(0)));
+    match Holder::spawn(&options) {
+        Err(ProbeError::Refused(refusal)) => {
+            assert_eq!(refusal.error, "MemoryLockLimit", "{refusal:?}");
+            assert!(refusal.message.contains("RLIMIT_MEMLOCK"), "{refusal:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let best_effort = options.with_mlock(MlockArg::BestEffort);
+    let holder = Holder::spawn(&best_effort).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!holder.ready.locked, "{:?}", holder.ready);
 }
 
 // P3: unreadable while idle.

@@ -1,24 +1,41 @@
 //! P1 under a tight limit: a holder without `CAP_IPC_LOCK` and with a small `RLIMIT_MEMLOCK`
 //! creates secrets until the limit is reached. `MlockPolicy::Required` must then fail with the
 //! library's clear error naming the limit; `MlockPolicy::BestEffort` must go on and report the
-//! secrets past the limit as not locked — never silently pretend.
+//! secrets past the limit as not locked — never silently pretend. Secret memory
+//! (`Backing::SecretMem`) is charged to the limit whatever the policy, so there both policies
+//! must fail with that error.
 
 use super::{Finding, ProbeError};
-use crate::holder::MlockArg;
+use crate::holder::{BackingArg, MlockArg};
 use crate::spawn::{run_fill, HolderOptions};
 
 /// The locked-memory limit the probe imposes: 64 KiB, the historical default of many
 /// distributions.
 pub const LIMIT: u64 = 64 * 1024;
 
-/// Runs the limit probe for `mlock`.
+/// Runs the limit probe for `mlock`, under [`LIMIT`] or the holders' own limit where that is
+/// lower (`options.memlock`, else the caller's hard limit).
 ///
 /// # Errors
-/// [`ProbeError::Skipped`] when the holder cannot drop `CAP_IPC_LOCK` or lower the limit.
+/// [`ProbeError::Skipped`] when the holder cannot drop `CAP_IPC_LOCK` or lower the limit, or
+/// for `MlockPolicy::Disabled`, which locks nothing that a limit could refuse.
 pub fn limit(options: &HolderOptions, mlock: MlockArg) -> Result<Finding, ProbeError> {
+    if mlock == MlockArg::Disabled {
+        return Err(ProbeError::Skipped(
+            "MlockPolicy::Disabled locks nothing, so a locked-memory limit has nothing to refuse"
+                .into(),
+        ));
+    }
     let page = crate::sys::page_size() as u64;
-    let (_, hard) = crate::sys::get_rlimit(libc::RLIMIT_MEMLOCK);
+    let hard = match options.memlock {
+        Some(given) => given.bytes(),
+        None => crate::sys::get_rlimit(libc::RLIMIT_MEMLOCK).1,
+    };
     let limit = hard.map_or(LIMIT, |h| h.min(LIMIT)) / page * page;
+    // Secret memory is charged to the limit whatever the policy, so best effort has no way
+    // past it there.
+    let refusal_expected =
+        mlock == MlockArg::Required || options.policy.backing == BackingArg::Secretmem;
     let fits = usize::try_from(limit / page).unwrap_or(0);
     let count = fits + 1;
     let lines = run_fill(&options.clone().with_mlock(mlock), limit, count)?;
@@ -51,8 +68,8 @@ pub fn limit(options: &HolderOptions, mlock: MlockArg) -> Result<Finding, ProbeE
         "{} secrets created ({locked} locked, {unlocked} not locked)",
         created.len()
     ));
-    match mlock {
-        MlockArg::Required => match error {
+    if refusal_expected {
+        match error {
             Some(e) => {
                 let message = e.splitn(3, ' ').nth(2).unwrap_or("");
                 let names_limit =
@@ -74,24 +91,19 @@ pub fn limit(options: &HolderOptions, mlock: MlockArg) -> Result<Finding, ProbeE
                 "all {} secrets were created past the limit ({unlocked} unlocked) without an error",
                 created.len()
             )),
-        },
-        MlockArg::BestEffort => {
-            if let Some(e) = error {
-                finding.broke(format!("best effort still failed: {e}"));
-            } else if created.len() != count {
-                finding.broke(format!("only {} of {count} secrets created", created.len()));
-            } else if unlocked == 0 {
-                finding.broke(
-                    "every secret reports locked=true although the limit cannot hold them all",
-                );
-            } else if created.last().is_some_and(|l| l.contains("locked=false")) {
-                finding.saw(format!(
-                    "secret {count} (past the limit) created and reported locked=false"
-                ));
-            } else {
-                finding.broke("the secret past the limit is not the one reported unlocked");
-            }
         }
+    } else if let Some(e) = error {
+        finding.broke(format!("best effort still failed: {e}"));
+    } else if created.len() != count {
+        finding.broke(format!("only {} of {count} secrets created", created.len()));
+    } else if unlocked == 0 {
+        finding.broke("every secret reports locked=true although the limit cannot hold them all");
+    } else if created.last().is_some_and(|l| l.contains("locked=false")) {
+        finding.saw(format!(
+            "secret {count} (past the limit) created and reported locked=false"
+        ));
+    } else {
+        finding.broke("the secret past the limit is not the one reported unlocked");
     }
     Ok(finding)
 }

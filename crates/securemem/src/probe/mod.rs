@@ -3,8 +3,10 @@
 //!
 //! A probe returns a [`Finding`] (the promise held or not, with the evidence), or a
 //! [`ProbeError`]: [`Skipped`](ProbeError::Skipped) when a prerequisite of the probe is missing
-//! on this machine (it says which), [`Broken`](ProbeError::Broken) when the probe itself went
-//! wrong (a hang, a holder that would not start).
+//! on this machine (it says which), [`Refused`](ProbeError::Refused) when the library refused to
+//! create the holder's secret with the settings and limits given (what an application with them
+//! would get), [`Broken`](ProbeError::Broken) when the probe itself went wrong (a hang, a holder
+//! that would not start).
 
 pub mod dump;
 pub mod fault;
@@ -23,14 +25,27 @@ use std::fmt;
 pub enum ProbeError {
     /// A prerequisite is missing on this machine (no gdb, dumps piped to a program, ...).
     Skipped(String),
+    /// The library refused to create the holder's secret: a verdict on the settings and limits,
+    /// not a failure of the probe.
+    Refused(Refusal),
     /// The probe could not do its job (holder did not start, hung, answered nonsense).
     Broken(String),
+}
+
+/// The library's error when it refused to create a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The `securememory::Error` variant (`MemoryLockLimit`, `BackingUnavailable`, ...).
+    pub error: String,
+    /// The error's message.
+    pub message: String,
 }
 
 impl fmt::Display for ProbeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProbeError::Skipped(reason) => write!(f, "skipped: {reason}"),
+            ProbeError::Refused(r) => write!(f, "the library refused the secret: {}", r.message),
             ProbeError::Broken(reason) => write!(f, "probe failed: {reason}"),
         }
     }
@@ -55,10 +70,14 @@ pub struct Finding {
     /// What the library reported for the secret (`Secret::protection`).
     #[serde(skip)]
     pub ready: Option<Ready>,
+    /// Which entries of `evidence` break the promise.
+    #[serde(skip)]
+    pub broken_at: Vec<usize>,
 }
 
 impl Finding {
-    fn new(promise: &'static str, probe: impl Into<String>, ready: Option<&Ready>) -> Self {
+    /// A finding of `probe` for `promise` that holds until a fact breaks it.
+    pub fn new(promise: &'static str, probe: impl Into<String>, ready: Option<&Ready>) -> Self {
         Finding {
             promise,
             probe: probe.into(),
@@ -66,18 +85,30 @@ impl Finding {
             evidence: Vec::new(),
             backing: ready.map(|r| r.backing.clone()).unwrap_or_default(),
             ready: ready.cloned(),
+            broken_at: Vec::new(),
         }
     }
 
     /// Records a fact that is consistent with the promise.
-    fn saw(&mut self, fact: impl Into<String>) {
+    pub fn saw(&mut self, fact: impl Into<String>) {
         self.evidence.push(fact.into());
     }
 
     /// Records a fact that breaks the promise.
-    fn broke(&mut self, fact: impl Into<String>) {
+    pub fn broke(&mut self, fact: impl Into<String>) {
         self.holds = false;
+        self.broken_at.push(self.evidence.len());
         self.evidence.push(fact.into());
+    }
+
+    /// The evidence with the facts that break the promise first, so a reader (or a shortened
+    /// line) meets the reason before the context.
+    pub fn facts_broken_first(&self) -> Vec<&str> {
+        let broken = self.broken_at.iter().filter_map(|&i| self.evidence.get(i));
+        let rest = (0..self.evidence.len())
+            .filter(|i| !self.broken_at.contains(i))
+            .map(|i| &self.evidence[i]);
+        broken.chain(rest).map(String::as_str).collect()
     }
 }
 

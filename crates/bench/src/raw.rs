@@ -44,23 +44,11 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// The size of a page.
-pub fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096)
-}
+pub use securememory::system::page_size;
 
-/// Whether this kernel lets the process call `memfd_secret(2)`.
+/// Whether this process can have secret memory (`memfd_secret(2)`), as the library sees it.
 pub fn secretmem_available() -> bool {
-    // SAFETY: memfd_secret takes flags only; a valid descriptor is closed at once.
-    let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: `fd` is a descriptor we own.
-    unsafe { libc::close(fd as libc::c_int) };
-    true
+    securememory::system::check_secret_memory().is_ok()
 }
 
 impl RawSecret {

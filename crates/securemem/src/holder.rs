@@ -227,7 +227,7 @@ fn one_line(message: &str) -> String {
 
 fn run_inner(args: &HolderArgs) -> Result<(), Stop> {
     if args.drop_ipc_lock {
-        crate::sys::drop_capability(crate::sys::CAP_IPC_LOCK)
+        crate::sys::drop_ipc_lock()
             .map_err(|e| format!("capset (dropping CAP_IPC_LOCK) failed: {e}"))?;
     }
     if let Some(limit) = args.memlock_limit {
@@ -331,12 +331,7 @@ fn announce(secret: &Secret) -> Result<(), String> {
 }
 
 fn wipe(buf: &mut [u8]) {
-    for b in buf.iter_mut() {
-        // SAFETY: `b` is a valid, exclusive reference; the volatile write keeps the compiler
-        // from dropping a store to memory that is not read again.
-        unsafe { std::ptr::write_volatile(b, 0) };
-    }
-    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    zeroize::Zeroize::zeroize(buf);
 }
 
 fn write_all_raw(mut buf: &[u8]) -> io::Result<()> {
@@ -566,10 +561,8 @@ fn fork_and_read(secret: &Secret) -> io::Result<()> {
     send("forked")
 }
 
+/// Hex of `bytes` into `out` (twice as long) without allocating: the marker must not be copied
+/// to the heap.
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, &b) in bytes.iter().enumerate().take(out.len() / 2) {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 15)];
-    }
+    hex::encode_to_slice(bytes, out).expect("the output is twice as long as the input");
 }

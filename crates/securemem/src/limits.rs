@@ -113,7 +113,7 @@ impl Limits {
                     source: LimitSource::Caller,
                     memlock_soft: soft,
                     memlock_hard: hard,
-                    cap_ipc_lock: crate::sys::has_capability(crate::sys::CAP_IPC_LOCK),
+                    cap_ipc_lock: crate::sys::has_ipc_lock(),
                 }
             }
         }

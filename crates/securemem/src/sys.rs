@@ -2,66 +2,28 @@
 
 use std::io;
 
-/// `CAP_IPC_LOCK`: lets a process lock memory past `RLIMIT_MEMLOCK`.
-pub const CAP_IPC_LOCK: u32 = 14;
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
+/// Whether this thread has `CAP_IPC_LOCK` in its effective set (it lets a process lock memory
+/// past `RLIMIT_MEMLOCK`).
+pub fn has_ipc_lock() -> bool {
+    caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_IPC_LOCK,
+    )
+    .unwrap_or(false)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-fn capget() -> io::Result<[CapData; 2]> {
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget fills two CapData structs for version 3 of the ABI.
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) };
-    if rc == 0 {
-        Ok(data)
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Whether this process has capability `cap` in its effective set.
-pub fn has_capability(cap: u32) -> bool {
-    capget().is_ok_and(|d| d[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0)
-}
-
-/// Removes capability `cap` from this process's effective, permitted and inheritable sets
-/// (the raw `capset` syscall, so no helper binary has to be able to reach our executable).
+/// Removes `CAP_IPC_LOCK` from this thread's effective, permitted and inheritable sets, so that
+/// `RLIMIT_MEMLOCK` binds it even as root.
 ///
 /// # Errors
-/// The OS error of `capget`/`capset`.
-pub fn drop_capability(cap: u32) -> io::Result<()> {
-    let mut data = capget()?;
-    let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
-    data[word].effective &= !bit;
-    data[word].permitted &= !bit;
-    data[word].inheritable &= !bit;
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    // SAFETY: capset reads two CapData structs for version 3 of the ABI.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+/// The OS error of `capget`/`capset`, or the capability still being effective afterwards.
+pub fn drop_ipc_lock() -> io::Result<()> {
+    use caps::{CapSet, Capability};
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+        caps::drop(None, set, Capability::CAP_IPC_LOCK).map_err(io::Error::other)?;
     }
-    if has_capability(cap) {
+    if has_ipc_lock() {
         return Err(io::Error::other("capability still effective after capset"));
     }
     Ok(())
@@ -124,24 +86,7 @@ pub fn set_rlimit(resource: Resource, soft: u64, hard: Option<u64>) -> io::Resul
     }
 }
 
-/// The page size in bytes.
-pub fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096)
-}
-
-/// Whether `memfd_secret(2)` works for this process, or why not.
-pub fn memfd_secret() -> Result<(), io::Error> {
-    // SAFETY: memfd_secret takes one flags argument and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor was just created and is closed once.
-    unsafe { libc::close(fd as libc::c_int) };
-    Ok(())
-}
+pub use securememory::system::page_size;
 
 /// Whether a memory protection key can be allocated (`pkey_alloc(2)`), or why not.
 pub fn pkey_alloc() -> Result<(), io::Error> {

@@ -206,7 +206,7 @@ fn memlock_limit_with_best_effort_policy_runs_and_reports_unlocked_anonymous() {
 /// effort must be refused at the limit like `Required`, naming it.
 #[test]
 fn memlock_limit_on_secret_memory_is_refused_whatever_the_policy() {
-    if let Err(e) = securemem::sys::memfd_secret() {
+    if let Err(e) = securememory::system::check_secret_memory() {
         skip(&format!("memfd_secret is unavailable here: {e}"));
         return;
     }

@@ -130,14 +130,9 @@ impl ProtectedMemorySecretFactory {
         let mut gave_up_secretmem = false;
         let made = match self.backing {
             Backing::Anonymous => anonymous(),
-            Backing::SecretMem => match sys::secretmem_support() {
-                SecretMemSupport::Available => secret_memory(),
-                SecretMemSupport::Unavailable(reason) => Err(Error::BackingUnavailable {
-                    backing: Backing::SecretMem.name(),
-                    reason,
-                }),
-                SecretMemSupport::Failed(error) => Err(error.into()),
-            },
+            Backing::SecretMem => {
+                crate::system::check_secret_memory().and_then(|()| secret_memory())
+            }
             Backing::Auto => match sys::secretmem_support() {
                 SecretMemSupport::Available => match secret_memory() {
                     // Secret memory is charged to RLIMIT_MEMLOCK; past it, anonymous memory

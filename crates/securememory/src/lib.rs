@@ -8,6 +8,7 @@ mod region;
 mod secret;
 mod sync;
 mod sys;
+pub mod system;
 
 pub use error::Error;
 pub use factory::{FactoryBuilder, ProtectedMemorySecretFactory, SecretFactory};

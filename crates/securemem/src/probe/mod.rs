@@ -150,7 +150,7 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The marker as lowercase hex, the form in which the holder sent it.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// Where a marker (raw or as hex) shows up in `haystack`, as evidence text; `None` if nowhere.

@@ -137,39 +137,10 @@ pub fn in_child(test: &str) -> String {
 /// Drops `CAP_IPC_LOCK` from this process (effective, permitted and inheritable sets), so that
 /// `RLIMIT_MEMLOCK` applies to it even when it runs as root.
 pub fn drop_ipc_lock_capability() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
+    use caps::{CapSet, Capability};
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+        caps::drop(None, set, Capability::CAP_IPC_LOCK).expect("dropping CAP_IPC_LOCK");
     }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    const CAP_IPC_LOCK: u32 = 14;
-    let mut header = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: capget with a v3 header fills two data structs.
-    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    assert_eq!(ret, 0, "capget: {}", std::io::Error::last_os_error());
-    let bit = 1u32 << CAP_IPC_LOCK;
-    data[0].effective &= !bit;
-    data[0].permitted &= !bit;
-    data[0].inheritable &= !bit;
-    // SAFETY: capset with a v3 header reads two data structs.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
-    assert_eq!(ret, 0, "capset: {}", std::io::Error::last_os_error());
 }
 
 #[cfg(target_os = "linux")]

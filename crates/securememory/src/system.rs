@@ -1,0 +1,49 @@
+//! What this machine offers secrets, as the library itself sees it: for diagnostics
+//! (`securemem doctor` asks here), capacity planning and tests. Each answer is the one the
+//! factories act on.
+
+use crate::error::Error;
+use crate::policy::Backing;
+use crate::sys::{self, SecretMemSupport};
+
+/// The size of a memory page in bytes. Every secret takes whole pages (plus a guard page on each
+/// side, which is reserved address space, not memory).
+///
+/// ```
+/// assert!(securememory::system::page_size().is_power_of_two());
+/// ```
+pub fn page_size() -> usize {
+    sys::page_size()
+}
+
+/// Whether secret memory (`memfd_secret(2)`: [`Backing::SecretMem`], and what
+/// [`Backing::Auto`] prefers) can be had by this process now.
+///
+/// # Errors
+/// [`Error::BackingUnavailable`] when the kernel does not offer it or the process may not use it
+/// (an answer remembered for the life of the process); [`Error::Os`] when it failed only for the
+/// moment (descriptors or memory exhausted), with what to do about it.
+///
+/// ```
+/// match securememory::system::check_secret_memory() {
+///     Ok(()) => println!("secrets can be hidden from the kernel here"),
+///     Err(reason) => println!("no secret memory: {reason}"),
+/// }
+/// ```
+pub fn check_secret_memory() -> Result<(), Error> {
+    match sys::secretmem_support() {
+        SecretMemSupport::Available => Ok(()),
+        SecretMemSupport::Unavailable(reason) => Err(Error::BackingUnavailable {
+            backing: Backing::SecretMem.name(),
+            reason,
+        }),
+        SecretMemSupport::Failed(error) => Err(error.into()),
+    }
+}
+
+/// The soft limit on locked memory (`RLIMIT_MEMLOCK`) in bytes: `None` when unlimited or where
+/// the OS has no such limit (Windows bounds locked pages by the working set instead). A process
+/// with `CAP_IPC_LOCK` is not bound by it.
+pub fn memlock_limit() -> Option<u64> {
+    sys::memlock_limit()
+}

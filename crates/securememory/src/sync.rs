@@ -21,7 +21,15 @@ pub(crate) struct Mutex<T>(base::Mutex<T>);
 /// to the condition variable.
 pub(crate) struct MutexGuard<'a, T>(Option<base::MutexGuard<'a, T>>);
 
-pub(crate) struct Condvar(base::Condvar);
+/// A condition variable that makes no system call to notify when no one waits: the standard
+/// library's wakes its futex on every `notify_all`, which would add a system call to every
+/// access that ends. Notify only while holding the mutex the waiters wait with, so that a waiter
+/// is either counted or has not yet checked its condition.
+pub(crate) struct Condvar {
+    inner: base::Condvar,
+    /// Threads inside [`Condvar::wait`]; changed and read only with the mutex held.
+    waiters: AtomicUsize,
+}
 
 impl<T> Mutex<T> {
     pub(crate) fn new(value: T) -> Self {
@@ -64,16 +72,30 @@ impl<T> DerefMut for MutexGuard<'_, T> {
 
 impl Condvar {
     pub(crate) fn new() -> Self {
-        Condvar(base::Condvar::new())
+        Condvar {
+            inner: base::Condvar::new(),
+            waiters: AtomicUsize::new(0),
+        }
     }
 
     /// Releases `guard`'s mutex, sleeps until notified (or spuriously), and takes it again.
     pub(crate) fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
+        // Relaxed: the mutex (held here, and by every notifier) orders the count.
+        self.waiters.fetch_add(1, Ordering::Relaxed);
         let inner = guard.0.take().expect("guard present outside Condvar::wait");
-        guard.0 = Some(self.0.wait(inner).unwrap_or_else(PoisonError::into_inner));
+        guard.0 = Some(
+            self.inner
+                .wait(inner)
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Wakes every waiter. Call it with the waiters' mutex held.
     pub(crate) fn notify_all(&self) {
-        self.0.notify_all();
+        // Relaxed: see `wait`.
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.inner.notify_all();
+        }
     }
 }

@@ -102,11 +102,7 @@ pub(super) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
 #[cfg(target_os = "android")]
 unsafe fn madvise(addr: NonNull<u8>, len: usize, advice: libc::c_int) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is its own mapping.
-    if unsafe { libc::madvise(addr.as_ptr().cast(), len, advice) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    unix::check(unsafe { libc::madvise(addr.as_ptr().cast(), len, advice) })
 }
 
 /// `MAP_NOCORE` / `MAP_CONCEAL`—Already done by [`reserve`] on FreeBSD, DragonFly and OpenBSD
@@ -157,11 +153,7 @@ pub(super) unsafe fn exclude_from_dump(addr: NonNull<u8>, len: usize) -> io::Res
 unsafe fn minherit(addr: NonNull<u8>, len: usize, inherit: libc::c_int) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is its own mapping; minherit changes only what a
     // future child inherits of it.
-    if unsafe { libc::minherit(addr.as_ptr().cast(), len, inherit) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    unix::check(unsafe { libc::minherit(addr.as_ptr().cast(), len, inherit) })
 }
 
 /// `minherit(addr, len, INHERIT_ZERO)`—A forked child sees zeros in the range (FreeBSD ≥ 12,

@@ -1,7 +1,8 @@
 //! Access: `with_bytes` reading every byte, against the raw `mprotect` cycle and the peers.
 //!
 //! Groups are `access/<size>/<threads>`; rows are `raw-mprotect-<backing>` (the baseline),
-//! `secret-<backing>`, `secrets-crate` (with `--features peers-libsodium`: libsodium's `sodium_mprotect_*` through `SecretVec`)
+//! `secret-<backing>`, `secret-protection-key` (`Strategy::ProtectionKey` with the default
+//! backing, where the CPU has protection keys), `secrets-crate` (with `--features peers-libsodium`: libsodium's `sodium_mprotect_*` through `SecretVec`)
 //! and `memsec-anonymous`.
 
 #[cfg(target_os = "linux")]
@@ -49,6 +50,17 @@ mod linux {
             raw.close().expect("closing a raw secret");
             let secret = factory.new(&mut bytes.clone()).expect("secret");
             group.bench_function(format!("secret-{name}"), |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(secret.with_bytes(touch).expect("with_bytes"));
+                    })
+                })
+            });
+            secret.close().expect("closing a secret");
+        }
+        if let Some(factory) = common::protection_key_factory() {
+            let secret = factory.new(&mut bytes.clone()).expect("secret");
+            group.bench_function("secret-protection-key", |b| {
                 b.iter_custom(|iters| {
                     timed(iters, sibling, || {
                         black_box(secret.with_bytes(touch).expect("with_bytes"));

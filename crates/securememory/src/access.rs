@@ -28,8 +28,9 @@
 //! Which parts go together:
 //! - `WRITING` excludes `OPEN` and readers.
 //! - Readers are counted only with `OPEN`. `OPEN` with no reader means that closing the memory
-//!   failed (the next last reader, writer or `close` retries), or that the last reader out left
-//!   it to a reader arriving on the slow path.
+//!   failed (the next last reader, writer or `close` retries), that the last reader out left
+//!   it to a reader arriving on the slow path, or that the gate is not shared (it opens per
+//!   thread, and there is nothing to close between accesses).
 //! - `RELEASED` comes only with `CLOSED`. After `close` it also means no writer and no reader;
 //!   after `close_in_forked_child` the rest of the word is left as the fork found it.
 //! - `WRITER_WAITING` and `CLOSED` go with anything.
@@ -93,6 +94,12 @@ pub(crate) trait Gate {
     fn expose(&self, mode: Mode) -> Result<(), Error>;
     /// Makes the memory unusable again.
     fn conceal(&self) -> Result<(), Error>;
+    /// Whether exposing opens the memory for every thread of the process (page protection), so
+    /// that it must be concealed when the last access ends. A gate that opens a window for the
+    /// calling thread only (protection keys) has nothing to conceal between accesses.
+    fn shared(&self) -> bool {
+        true
+    }
     /// The memory belongs to the process this one was forked from. An access that began before
     /// the fork then ends without touching the access state, the mutex or the memory: they belong
     /// to the parent's threads.
@@ -467,7 +474,14 @@ impl Access {
     fn leave_read<G: Gate>(&self, gate: &G) -> Result<(), Error> {
         // Relaxed: a first guess for the CAS below, which releases.
         let mut state = self.state.load(Ordering::Relaxed);
-        while readers(state) > 1 {
+        // Memory opened per thread needs no conceal: the last reader out leaves it open for the
+        // next one, unless a writer or a closer waits for the count to reach zero (they wait on
+        // the condition variable, which the slow path notifies). Both flags are set with a
+        // read-modify-write of the same word, so the CAS below fails if one arrives meanwhile.
+        let keeps_open = !gate.shared();
+        while readers(state) > 1
+            || (keeps_open && readers(state) == 1 && state & (WRITER_WAITING | CLOSED) == 0)
+        {
             // Release: this reader's reads happen before the last reader closes the memory.
             match self.state.compare_exchange_weak(
                 state,

@@ -88,6 +88,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// The requested [`Strategy`](crate::Strategy) cannot be had on this machine (for example
+    /// protection keys on a CPU without PKU). Never a silent fallback: ask for
+    /// `Strategy::Auto` to get the best one available.
+    #[error(
+        "{} is unavailable on this machine ({reason}); choose `Strategy::Auto` to use the best \
+         strategy this machine offers",
+        strategy.name()
+    )]
+    StrategyUnavailable {
+        /// The strategy that was asked for.
+        strategy: crate::Strategy,
+        /// Why it cannot be had.
+        reason: String,
+    },
+
     /// The secret was asked to do something from inside an access to the same secret on the
     /// same thread that would deadlock (close or write inside a read, read or write inside a
     /// write).

@@ -1,10 +1,10 @@
 //! Factories: the `SecretFactory` trait and the default protected-memory factory with its policy.
 
 use crate::error::Error;
-use crate::policy::{Backing, MlockPolicy, Protection};
+use crate::policy::{Backing, MlockPolicy, Protection, Strategy};
 use crate::region::{Memory, Region};
 use crate::secret::Secret;
-use crate::sys::{self, SecretMemSupport};
+use crate::sys::{self, ProtectionKey, SecretMemSupport};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -62,6 +62,7 @@ pub trait SecretFactory: Send + Sync {
 pub struct ProtectedMemorySecretFactory {
     backing: Backing,
     mlock: MlockPolicy,
+    strategy: Strategy,
     guard_pages: bool,
     warned_unlocked: AtomicBool,
 }
@@ -78,6 +79,7 @@ impl Default for ProtectedMemorySecretFactory {
 pub struct FactoryBuilder {
     backing: Backing,
     mlock: MlockPolicy,
+    strategy: Strategy,
     guard_pages: bool,
 }
 
@@ -94,6 +96,13 @@ impl FactoryBuilder {
         self
     }
 
+    /// How an access opens a secret (default [`Strategy::Auto`]). A strategy this machine cannot
+    /// give is an error when a secret is made, never a silent fallback.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
     /// Whether to put an inaccessible guard page on each side of every secret (default on).
     pub fn guard_pages(mut self, enabled: bool) -> Self {
         self.guard_pages = enabled;
@@ -106,6 +115,7 @@ impl FactoryBuilder {
         ProtectedMemorySecretFactory {
             backing: self.backing,
             mlock: self.mlock,
+            strategy: self.strategy,
             guard_pages: self.guard_pages,
             warned_unlocked: AtomicBool::new(false),
         }
@@ -118,15 +128,32 @@ impl ProtectedMemorySecretFactory {
         FactoryBuilder {
             backing: Backing::Auto,
             mlock: MlockPolicy::Required,
+            strategy: Strategy::Auto,
             guard_pages: true,
+        }
+    }
+
+    /// The protection key the strategy calls for, if any.
+    fn protection_key(&self) -> Result<Option<ProtectionKey>, Error> {
+        let unavailable = |reason: String| Error::StrategyUnavailable {
+            strategy: self.strategy,
+            reason,
+        };
+        match self.strategy {
+            Strategy::Auto | Strategy::PageProtection => Ok(None),
+            Strategy::ProtectionKey => sys::protection_key().map(Some).map_err(unavailable),
+            Strategy::Sealed => Err(unavailable(
+                "sealed secrets are not part of this version of the library".into(),
+            )),
         }
     }
 
     /// Maps a writable region for `len` bytes under this factory's policy.
     fn region(&self, len: usize) -> Result<(Region, Protection), Error> {
         let mlock = self.mlock;
-        let anonymous = || Region::new(len, Memory::Anonymous, mlock, self.guard_pages);
-        let secret_memory = || Region::new(len, Memory::SecretMem, mlock, self.guard_pages);
+        let key = self.protection_key()?;
+        let anonymous = || Region::new(len, Memory::Anonymous, mlock, self.guard_pages, key);
+        let secret_memory = || Region::new(len, Memory::SecretMem, mlock, self.guard_pages, key);
         let mut gave_up_secretmem = false;
         let made = match self.backing {
             Backing::Anonymous => anonymous(),
@@ -212,7 +239,7 @@ impl ProtectedMemorySecretFactory {
         // them exists until the secret is built; the slice is dead before the protection change.
         let bytes = unsafe { std::slice::from_raw_parts_mut(region.bytes().as_ptr(), len) };
         fill(bytes)?;
-        crate::access::Gate::conceal(&region)?;
+        region.conceal_when_idle()?;
         Ok(Secret::from_region(region, protection))
     }
 }

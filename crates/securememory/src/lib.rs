@@ -12,7 +12,7 @@ pub mod system;
 
 pub use error::Error;
 pub use factory::{FactoryBuilder, ProtectedMemorySecretFactory, SecretFactory};
-pub use policy::{Backing, MlockPolicy, Protection};
+pub use policy::{Backing, MlockPolicy, Protection, Strategy};
 pub use secret::{Secret, SecretReader};
 
 /// Lowers the soft core-dump limit (`RLIMIT_CORE`) of the whole process to zero.

@@ -1,5 +1,5 @@
-//! The policy vocabulary: what a factory is asked for ([`Backing`], [`MlockPolicy`]) and what a
-//! secret got ([`Protection`]). A leaf: it imports nothing of the crate, and every layer may
+//! The policy vocabulary: what a factory is asked for ([`Backing`], [`MlockPolicy`],
+//! [`Strategy`]) and what a secret got ([`Protection`]). A leaf: it imports nothing of the crate, and every layer may
 //! speak it.
 
 /// Where a secret's bytes live.
@@ -27,6 +27,58 @@ impl Backing {
     }
 }
 
+/// How an access opens a secret.
+///
+/// ```
+/// use securememory::{ProtectedMemorySecretFactory, SecretFactory, Strategy};
+///
+/// let factory = ProtectedMemorySecretFactory::builder()
+///     .strategy(Strategy::PageProtection)
+///     .build();
+/// let secret = factory.create_random(32)?;
+/// assert_eq!(secret.protection().strategy, Strategy::PageProtection);
+/// # Ok::<(), securememory::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// The strategy that keeps every promise [`Strategy::PageProtection`] keeps on this machine
+    /// at the least cost. Today that is `PageProtection`.
+    #[default]
+    Auto,
+    /// The pages of a secret are inaccessible (`PROT_NONE`) except while an access runs; the
+    /// first access in makes them readable for every thread of the process, the last one out
+    /// inaccessible again (two system calls, and a TLB shootdown once other threads run).
+    PageProtection,
+    /// The pages are tagged with the library's memory protection key (x86 PKU) and stay mapped
+    /// readable; every thread's rights deny the key, and an access opens it for the calling
+    /// thread only, with no system call (`WRPKRU`). Another thread's touch faults even during an
+    /// access.
+    ///
+    /// What it does not defend against: code that can run `WRPKRU` (an attacker with code
+    /// execution) opens any key, as it could call `mprotect`. While a window is open, every
+    /// secret under the key is readable by the calling thread, and a thread created inside an
+    /// access inherits the open rights (create threads outside accesses). Protection keys do not
+    /// stop other processes (`/proc/PID/mem`, `process_vm_readv`) from reading anonymous memory;
+    /// secret memory stops them. Needs Linux on an x86_64 CPU with PKU and a free key (15 per
+    /// process, shared with every library in it).
+    ProtectionKey,
+    /// Ciphertext at rest, decrypted into a per-thread scratch area during an access. Not
+    /// available in this version: asking for it is an error.
+    Sealed,
+}
+
+impl Strategy {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Strategy::Auto => "Strategy::Auto",
+            Strategy::PageProtection => "Strategy::PageProtection",
+            Strategy::ProtectionKey => "Strategy::ProtectionKey",
+            Strategy::Sealed => "Strategy::Sealed",
+        }
+    }
+}
+
 /// What to do when memory cannot be locked in RAM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -48,6 +100,8 @@ pub enum MlockPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Protection {
+    /// How an access opens the secret (never [`Strategy::Auto`]).
+    pub strategy: Strategy,
     /// Where the bytes live: [`Backing::SecretMem`] or [`Backing::Anonymous`] (never `Auto`).
     pub backing: Backing,
     /// The pages are locked in RAM and are never swapped out.

@@ -18,8 +18,9 @@
 
 use crate::access::{Gate, Mode};
 use crate::error::Error;
-use crate::policy::{Backing, MlockPolicy, Protection};
-use crate::sys::{self, OsError, PageProtection, Shortage};
+use crate::policy::{Backing, MlockPolicy, Protection, Strategy};
+use crate::sys::{self, OsError, PageProtection, ProtectionKey, Shortage};
+use std::cell::Cell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -68,6 +69,9 @@ pub(crate) struct Region {
     len: usize,
     memory: Memory,
     locked: bool,
+    /// The protection key the data pages are tagged with (`Strategy::ProtectionKey`); `None` when
+    /// they are opened by page protection.
+    key: Option<ProtectionKey>,
     /// The process epoch the region was made in: another one means a forked child.
     epoch: u64,
     released: AtomicBool,
@@ -139,6 +143,7 @@ impl Region {
         memory: Memory,
         mlock: MlockPolicy,
         guard_pages: bool,
+        key: Option<ProtectionKey>,
     ) -> Result<(Region, Protection), Error> {
         let page = sys::page_size();
         let (data_len, guard_len) = layout(len, page, guard_pages).ok_or(Error::InvalidLength)?;
@@ -157,6 +162,7 @@ impl Region {
             len,
             memory,
             locked: false,
+            key,
             epoch,
             released: AtomicBool::new(false),
         };
@@ -231,6 +237,11 @@ impl Region {
         };
         self.write_canary();
         Ok(Protection {
+            strategy: if self.key.is_some() {
+                Strategy::ProtectionKey
+            } else {
+                Strategy::PageProtection
+            },
             backing: self.memory.backing(),
             locked: self.locked,
             dump_excluded,
@@ -292,6 +303,27 @@ impl Region {
         canary == &canary_pattern()[..len]
     }
 
+    /// Makes freshly filled pages inaccessible while idle: no access at all under page
+    /// protection; tagged with the protection key (which every thread's rights deny) otherwise.
+    pub(crate) fn conceal_when_idle(&self) -> Result<(), Error> {
+        match self.key {
+            // SAFETY: committed pages of our live reservation; the filling slice is dead.
+            Some(key) => unsafe { key.tag(self.data, self.data_len) }.map_err(Error::from),
+            None => self.set_protection(PageProtection::NoAccess),
+        }
+    }
+
+    /// Opens the calling thread's window onto the pages for the duration of the returned guard,
+    /// where they are tagged with a protection key; does nothing under page protection (the
+    /// access protocol's expose has opened them for every thread).
+    #[inline]
+    pub(crate) fn open_window(&self, mode: Mode) -> Window {
+        match self.key {
+            Some(key) => Window::open(key, mode == Mode::Write),
+            None => Window(None),
+        }
+    }
+
     /// Whether this process is a fork of the one that made the region.
     pub(crate) fn in_forked_child(&self) -> bool {
         sys::process_epoch() != self.epoch
@@ -314,7 +346,11 @@ impl Region {
         let mut first_error = None;
         // A forked child holds zeros (MADV_WIPEONFORK) or nothing at all (MADV_DONTFORK) here.
         if !self.in_forked_child() {
-            self.set_protection(PageProtection::ReadWrite)?;
+            match self.key {
+                // SAFETY: committed pages of our live reservation; no access is in flight.
+                Some(_) => unsafe { sys::untag(self.data, self.data_len) }?,
+                None => self.set_protection(PageProtection::ReadWrite)?,
+            }
             if !self.canary_intact() {
                 first_error = Some(Error::Corrupted);
             }
@@ -358,9 +394,14 @@ impl Region {
     }
 }
 
+/// Under a protection key, each access opens the key on its own thread only: exposing and
+/// concealing the memory for everyone is then nothing to do.
 impl Gate for Region {
     #[inline]
     fn expose(&self, mode: Mode) -> Result<(), Error> {
+        if self.key.is_some() {
+            return Ok(());
+        }
         self.set_protection(match mode {
             Mode::Read => PageProtection::ReadOnly,
             Mode::Write => PageProtection::ReadWrite,
@@ -369,12 +410,51 @@ impl Gate for Region {
 
     #[inline]
     fn conceal(&self) -> Result<(), Error> {
+        if self.key.is_some() {
+            return Ok(());
+        }
         self.set_protection(PageProtection::NoAccess)
+    }
+
+    #[inline]
+    fn shared(&self) -> bool {
+        self.key.is_none()
     }
 
     #[inline]
     fn inherited(&self) -> bool {
         self.in_forked_child()
+    }
+}
+
+thread_local! {
+    /// Protection-key windows open on this thread (nested accesses, accesses to several
+    /// secrets): the last one to close closes the key.
+    static WINDOWS_OPEN: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The calling thread's open protection-key window onto a region, closed on drop (panics
+/// included). Empty under page protection.
+pub(crate) struct Window(Option<(ProtectionKey, u32)>);
+
+impl Window {
+    #[inline]
+    fn open(key: ProtectionKey, write: bool) -> Window {
+        WINDOWS_OPEN.with(|open| open.set(open.get() + 1));
+        Window(Some((key, key.open(write))))
+    }
+}
+
+impl Drop for Window {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some((key, found)) = self.0 {
+            let still_open = WINDOWS_OPEN.with(|open| {
+                open.set(open.get() - 1);
+                open.get()
+            });
+            key.close(found, still_open == 0);
+        }
     }
 }
 

@@ -152,6 +152,7 @@ impl Secret {
         };
         self.refuse_in_forked_child()?;
         let held = self.access.read(&self.region, entry)?;
+        let window = self.region.open_window(Mode::Read);
         let frame = Frame {
             access: &self.access,
             mode: Mode::Read,
@@ -163,6 +164,7 @@ impl Secret {
         let bytes = unsafe { std::slice::from_raw_parts(self.region.bytes().as_ptr(), self.len()) };
         let result = action(bytes);
         drop(entered);
+        drop(window);
         held.finish()?;
         Ok(result)
     }
@@ -192,6 +194,7 @@ impl Secret {
         }
         self.refuse_in_forked_child()?;
         let held = self.access.write(&self.region)?;
+        let window = self.region.open_window(Mode::Write);
         let frame = Frame {
             access: &self.access,
             mode: Mode::Write,
@@ -207,6 +210,7 @@ impl Secret {
         // In a child forked from inside `action` the pages are not this process's to check (and
         // secret memory is not mapped at all); `finish` then reports `Forked`.
         let canary_intact = self.region.in_forked_child() || self.region.canary_intact();
+        drop(window);
         held.finish()?;
         if !canary_intact {
             return Err(Error::Corrupted);

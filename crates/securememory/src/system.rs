@@ -3,7 +3,7 @@
 //! factories act on.
 
 use crate::error::Error;
-use crate::policy::Backing;
+use crate::policy::{Backing, Strategy};
 use crate::sys::{self, SecretMemSupport};
 
 /// The size of a memory page in bytes. Every secret takes whole pages (plus a guard page on each
@@ -46,4 +46,19 @@ pub fn check_secret_memory() -> Result<(), Error> {
 /// with `CAP_IPC_LOCK` is not bound by it.
 pub fn memlock_limit() -> Option<u64> {
     sys::memlock_limit()
+}
+
+/// Whether [`Strategy::ProtectionKey`] can be had: memory protection keys in the CPU and kernel
+/// (x86 PKU on Linux) and a key for the library (allocated on first use and kept for the life of
+/// the process).
+///
+/// # Errors
+/// [`Error::StrategyUnavailable`] with what is missing.
+pub fn check_protection_keys() -> Result<(), Error> {
+    sys::protection_key()
+        .map(drop)
+        .map_err(|reason| Error::StrategyUnavailable {
+            strategy: Strategy::ProtectionKey,
+            reason,
+        })
 }

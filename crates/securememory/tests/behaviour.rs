@@ -10,14 +10,16 @@ use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn factories() -> Vec<(&'static str, ProtectedMemorySecretFactory)> {
-    vec![
+    let mut all = vec![
         ("default", common::default_factory()),
         ("anonymous", common::factory(Backing::Anonymous)),
         (
             "no-guard-pages",
             common::builder().guard_pages(false).build(),
         ),
-    ]
+    ];
+    all.extend(common::protection_key_factory().map(|f| ("protection-key", f)));
+    all
 }
 
 fn pattern(len: usize) -> Vec<u8> {

@@ -3,10 +3,14 @@
 
 mod common;
 
-use securememory::{Backing, Error, Secret, SecretFactory};
+use securememory::{Backing, Error, ProtectedMemorySecretFactory, Secret, SecretFactory};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
+
+fn secret_from(factory: &ProtectedMemorySecretFactory, bytes: &[u8]) -> Arc<Secret> {
+    Arc::new(factory.new(&mut bytes.to_vec()).unwrap())
+}
 
 fn secret_of(backing: Backing, bytes: &[u8]) -> Arc<Secret> {
     let factory = common::factory(backing);
@@ -19,8 +23,8 @@ fn key() -> Vec<u8> {
 
 #[test]
 fn eight_threads_reading_thousands_of_times_see_exact_bytes() {
-    for backing in common::BACKINGS {
-        let secret = secret_of(backing, &key());
+    for (_, factory) in common::configurations() {
+        let secret = secret_from(&factory, &key());
         common::within(common::DEADLINE, move || {
             let start = Arc::new(Barrier::new(8));
             let threads: Vec<_> = (0..8)
@@ -45,8 +49,8 @@ fn eight_threads_reading_thousands_of_times_see_exact_bytes() {
 
 #[test]
 fn close_waits_for_an_access_in_flight() {
-    for backing in common::BACKINGS {
-        let secret = secret_of(backing, &key());
+    for (_, factory) in common::configurations() {
+        let secret = secret_from(&factory, &key());
         common::within(common::DEADLINE, move || {
             let (inside_tx, inside_rx) = mpsc::channel();
             let (finish_tx, finish_rx) = mpsc::channel::<()>();
@@ -129,9 +133,9 @@ fn close_waits_for_a_writer_in_flight() {
 
 #[test]
 fn readers_racing_a_close_see_exact_bytes_or_closed() {
-    for backing in common::BACKINGS {
+    for (_, factory) in common::configurations() {
         for _round in 0..20 {
-            let secret = secret_of(backing, &key());
+            let secret = secret_from(&factory, &key());
             common::within(common::DEADLINE, move || {
                 let start = Arc::new(Barrier::new(5));
                 let readers: Vec<_> = (0..4)
@@ -190,8 +194,8 @@ fn concurrent_closers_all_return_once_fully_closed() {
 
 #[test]
 fn writers_are_exclusive_readers_never_see_a_torn_write() {
-    for backing in common::BACKINGS {
-        let secret = secret_of(backing, &[0; 64]);
+    for (_, factory) in common::configurations() {
+        let secret = secret_from(&factory, &[0; 64]);
         common::within(common::DEADLINE, move || {
             let start = Arc::new(Barrier::new(4));
             let writes = Arc::new(AtomicUsize::new(0));
@@ -272,8 +276,8 @@ fn a_waiting_writer_is_not_starved_by_overlapping_readers() {
 
 #[test]
 fn a_reader_is_not_starved_by_continuous_writers() {
-    for backing in common::BACKINGS {
-        let secret = secret_of(backing, &[0; 8]);
+    for (_, factory) in common::configurations() {
+        let secret = secret_from(&factory, &[0; 8]);
         common::within(common::DEADLINE, move || {
             let stop = Arc::new(AtomicBool::new(false));
             let writes = Arc::new(AtomicUsize::new(0));

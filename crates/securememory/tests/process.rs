@@ -23,11 +23,14 @@ fn closed_secret_pages_are_unmapped() {
             "leading guard page reserved"
         );
         assert!(common::is_mapped(last + 1), "trailing guard page reserved");
+        let addresses = [address, last, guard_before, last + 1];
+        let before = addresses.map(common::mapping_at);
         secret.close().unwrap();
-        for a in [address, last, guard_before, last + 1] {
+        for (a, was) in addresses.into_iter().zip(before) {
+            let now = common::mapping_at(a);
             assert!(
-                !common::is_mapped(a),
-                "{backing:?}: {a:#x} still mapped after close"
+                now.is_none() || now != was,
+                "{backing:?}: {a:#x} still mapped after close: {now:?}"
             );
         }
     }
@@ -38,8 +41,13 @@ fn dropped_secret_pages_are_unmapped() {
     common::in_child_process!();
     let secret = common::default_factory().create_random(32).unwrap();
     let address = secret.with_bytes(|b| b.as_ptr() as usize).unwrap();
+    let before = common::mapping_at(address);
     drop(secret);
-    assert!(!common::is_mapped(address));
+    let now = common::mapping_at(address);
+    assert!(
+        now.is_none() || now != before,
+        "still mapped after drop: {now:?}"
+    );
 }
 
 /// Run as root without `CAP_IPC_LOCK` and with a 64 KiB locked-memory limit: 16 pages.

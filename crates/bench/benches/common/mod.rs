@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use criterion::Criterion;
-use securememory::{Backing, ProtectedMemorySecretFactory};
+use securememory::{Backing, ProtectedMemorySecretFactory, Strategy};
 use securememory_bench::raw::{self, RawBacking};
 use std::time::Duration;
 
@@ -42,4 +42,19 @@ pub fn backings() -> Vec<(&'static str, ProtectedMemorySecretFactory, RawBacking
 /// Secret bytes of `len` bytes (a recognisable pattern, not random: the content is irrelevant).
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| i as u8).collect()
+}
+
+/// A factory for `Strategy::ProtectionKey`, where this machine has protection keys.
+pub fn protection_key_factory() -> Option<ProtectedMemorySecretFactory> {
+    match securememory::system::check_protection_keys() {
+        Ok(()) => Some(
+            ProtectedMemorySecretFactory::builder()
+                .strategy(Strategy::ProtectionKey)
+                .build(),
+        ),
+        Err(reason) => {
+            eprintln!("protection-key rows are skipped: {reason}");
+            None
+        }
+    }
 }

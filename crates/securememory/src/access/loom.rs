@@ -249,3 +249,90 @@ fn loom_concurrent_closers_both_return_after_teardown() {
         t.join().unwrap();
     });
 }
+
+/// A gate that opens per thread (protection keys): nothing to expose or conceal for everyone.
+/// It counts who is inside to check the protocol still excludes a writer from readers and
+/// tears down only after both.
+#[derive(Default)]
+struct PerThreadGate {
+    readers: AtomicUsize,
+    writers: AtomicUsize,
+    torn_down: AtomicUsize,
+}
+
+impl Gate for PerThreadGate {
+    fn expose(&self, _: Mode) -> Result<(), Error> {
+        Ok(())
+    }
+    fn conceal(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+impl PerThreadGate {
+    fn enter_read(&self) {
+        assert_eq!(self.torn_down.load(SeqCst), 0, "read after teardown");
+        self.readers.fetch_add(1, SeqCst);
+        assert_eq!(self.writers.load(SeqCst), 0, "a reader beside a writer");
+    }
+    fn leave_read(&self) {
+        self.readers.fetch_sub(1, SeqCst);
+    }
+    fn enter_write(&self) {
+        assert_eq!(self.torn_down.load(SeqCst), 0, "write after teardown");
+        assert_eq!(self.writers.fetch_add(1, SeqCst), 0, "two writers");
+        assert_eq!(self.readers.load(SeqCst), 0, "a writer beside a reader");
+    }
+    fn leave_write(&self) {
+        self.writers.fetch_sub(1, SeqCst);
+    }
+    fn teardown(&self) -> Result<(), Error> {
+        assert_eq!(self.readers.load(SeqCst), 0, "teardown under a reader");
+        assert_eq!(self.writers.load(SeqCst), 0, "teardown under a writer");
+        self.torn_down.fetch_add(1, SeqCst);
+        Ok(())
+    }
+}
+
+/// With a per-thread gate the last reader leaves the memory open without the mutex: a writer
+/// racing it must still wait for it, and a close racing both must wait for them.
+#[test]
+fn loom_per_thread_gate_keeps_writers_and_close_out_of_readers() {
+    ::loom::model(|| {
+        let access = Arc::new(Access::new());
+        let gate = Arc::new(PerThreadGate::default());
+        let reader = {
+            let (access, gate) = (access.clone(), gate.clone());
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    match access.read(&*gate, Entry::Fresh) {
+                        Ok(held) => {
+                            gate.enter_read();
+                            gate.leave_read();
+                            held.finish().unwrap();
+                        }
+                        Err(Error::Closed) => return,
+                        Err(other) => panic!("unexpected error {other}"),
+                    }
+                }
+            })
+        };
+        let writer = {
+            let (access, gate) = (access.clone(), gate.clone());
+            thread::spawn(move || {
+                if let Ok(held) = access.write(&*gate) {
+                    gate.enter_write();
+                    gate.leave_write();
+                    held.finish().unwrap();
+                }
+            })
+        };
+        access.close(|| gate.teardown()).unwrap();
+        reader.join().unwrap();
+        writer.join().unwrap();
+        assert_eq!(gate.torn_down.load(SeqCst), 1);
+    });
+}

@@ -1,6 +1,8 @@
 //! Linux: `memfd_secret(2)` and the `madvise(2)` flags that keep memory out of dumps and forks.
 
 mod fork;
+#[cfg(target_arch = "x86_64")]
+pub(super) mod pkey;
 mod resources;
 
 pub(super) use super::unix::{

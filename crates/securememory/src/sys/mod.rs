@@ -170,6 +170,87 @@ impl ForkExclusion {
     }
 }
 
+/// The library's memory protection key (x86 PKU): allocated once, with access denied, and kept
+/// for the life of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProtectionKey(u32);
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+use linux::pkey;
+
+/// The library's protection key, or why this process has none (no PKU in the CPU or kernel, or
+/// every key taken).
+pub(crate) fn protection_key() -> Result<ProtectionKey, String> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        pkey::library_key().map(ProtectionKey)
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        Err("memory protection keys are used on Linux on x86_64 (PKU) only".into())
+    }
+}
+
+#[cfg_attr(
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(unused_variables, dead_code)
+)] // Elsewhere no key can be had, so none of this runs.
+impl ProtectionKey {
+    /// Tags committed pages with the key (`pkey_mprotect(2)`), readable and writable as far as
+    /// the page tables go: only a thread whose rights open the key may touch them.
+    ///
+    /// # Safety
+    /// The range must be committed pages of a live reservation, and no thread may be using them
+    /// without a window open (they become inaccessible to it).
+    pub(crate) unsafe fn tag(self, addr: NonNull<u8>, len: usize) -> Result<(), OsError> {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        {
+            // SAFETY: forwarded from the caller.
+            unsafe { pkey::tag(addr, len, self.0) }.map_err(OsError::of("pkey_mprotect"))
+        }
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+        {
+            Ok(())
+        }
+    }
+
+    /// Opens the key for the calling thread only (read-only unless `write`) and returns the
+    /// rights found, for [`close`](Self::close). No system call.
+    #[inline]
+    pub(crate) fn open(self, write: bool) -> u32 {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        {
+            pkey::open(self.0, write)
+        }
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+        {
+            0
+        }
+    }
+
+    /// Puts back the rights [`open`](Self::open) found; the thread's outermost window closes the
+    /// key whatever was found.
+    #[inline]
+    pub(crate) fn close(self, found: u32, outermost: bool) {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        pkey::close(self.0, found, outermost);
+    }
+}
+
+/// Takes a key's tag off committed pages (back to the default key, which every thread may
+/// use), readable and writable.
+///
+/// # Safety
+/// As for [`ProtectionKey::tag`].
+#[cfg_attr(
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code)
+)]
+pub(crate) unsafe fn untag(addr: NonNull<u8>, len: usize) -> Result<(), OsError> {
+    // SAFETY: forwarded from the caller; key 0 is the default key.
+    unsafe { ProtectionKey(0).tag(addr, len) }
+}
+
 /// What ran short when the OS refused to map or lock memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // Only Linux tells them apart.

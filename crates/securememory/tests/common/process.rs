@@ -94,6 +94,22 @@ pub(crate) use in_child_process;
 ///
 /// Most tests use [`in_child_process!`]; this is for those that do more in the parent.
 pub fn in_child(test: &str) -> String {
+    let (status, stdout, stderr) = run_child(test);
+    assert!(
+        status.success(),
+        "child test {test} failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "child test {test} did not run exactly one test:\n{stdout}"
+    );
+    stdout
+}
+
+/// Runs the test named `test` alone in a child process like [`in_child`], with a deadline, and
+/// returns how it ended and what it printed (stdout, stderr), whatever that was: for tests whose
+/// child is meant to die.
+pub fn run_child(test: &str) -> (std::process::ExitStatus, String, String) {
     let exe = std::env::current_exe().expect("test binary path");
     let mut child = Command::new(exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -119,18 +135,11 @@ pub fn in_child(test: &str) -> String {
         thread::sleep(Duration::from_millis(10));
     }
     let output = child.wait_with_output().expect("collect child output");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "child test {test} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
+    (
         output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "child test {test} did not run exactly one test:\n{stdout}"
-    );
-    stdout
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[cfg(target_os = "linux")]
@@ -158,14 +167,24 @@ pub fn set_memlock_limit(bytes: u64) {
 #[cfg(target_os = "linux")]
 /// Whether any mapping of this process covers `address` (from `/proc/self/maps`).
 pub fn is_mapped(address: usize) -> bool {
+    mapping_at(address).is_some()
+}
+
+#[cfg(target_os = "linux")]
+/// The line of `/proc/self/maps` whose mapping covers `address`, if any. After a region is
+/// unmapped, another mapping (an allocator's, under a sanitizer) may take its place: compare
+/// lines to tell the two apart.
+pub fn mapping_at(address: usize) -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
-    maps.lines().any(|line| {
-        let range = line.split_whitespace().next().unwrap_or("");
-        let (start, end) = range.split_once('-').expect("maps range");
-        let start = usize::from_str_radix(start, 16).expect("maps start");
-        let end = usize::from_str_radix(end, 16).expect("maps end");
-        (start..end).contains(&address)
-    })
+    maps.lines()
+        .find(|line| {
+            let range = line.split_whitespace().next().unwrap_or("");
+            let (start, end) = range.split_once('-').expect("maps range");
+            let start = usize::from_str_radix(start, 16).expect("maps start");
+            let end = usize::from_str_radix(end, 16).expect("maps end");
+            (start..end).contains(&address)
+        })
+        .map(str::to_owned)
 }
 
 #[cfg(target_os = "linux")]

@@ -132,18 +132,18 @@ fn a_thread_created_inside_an_access_inherits_the_open_window() {
         return;
     };
     let secret = secret(&factory);
-    let (address_tx, address_rx) = mpsc::channel();
+    let (ended_tx, ended_rx) = mpsc::channel::<usize>();
     let spawned = secret
-        .with_bytes(|bytes| {
-            address_tx.send(bytes.as_ptr() as usize).unwrap();
+        .with_bytes(|_| {
             thread::spawn(move || {
-                let address: usize = address_rx.recv().unwrap();
-                thread::sleep(std::time::Duration::from_millis(10));
+                let address = ended_rx.recv().unwrap();
                 stray_read(address)
             })
         })
         .unwrap();
-    // The access has ended; the thread made inside it still reads.
+    // The access has ended (told to the thread only now); the thread made inside it still reads.
+    let address = secret.with_bytes(|bytes| bytes.as_ptr() as usize).unwrap();
+    ended_tx.send(address).unwrap();
     assert_eq!(spawned.join().unwrap(), 0x5a);
 }
 

@@ -111,9 +111,16 @@ pub fn in_child(test: &str) -> String {
 /// child is meant to die.
 pub fn run_child(test: &str) -> (std::process::ExitStatus, String, String) {
     let exe = std::env::current_exe().expect("test binary path");
+    // Under AddressSanitizer a fault would end the child with the sanitizer's report and exit
+    // status 1; a child whose fault is the point must die of the signal, as it does without.
+    let asan_options = match std::env::var("ASAN_OPTIONS") {
+        Ok(options) if !options.is_empty() => format!("{options}:handle_segv=0"),
+        _ => "handle_segv=0".to_string(),
+    };
     let mut child = Command::new(exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_VAR, test)
+        .env("ASAN_OPTIONS", asan_options)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

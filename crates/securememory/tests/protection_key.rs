@@ -65,30 +65,44 @@ fn read_from_another_thread_during_an_access(factory: ProtectedMemorySecretFacto
                 .unwrap();
         });
         let address = inside_rx.recv().unwrap();
-        say("reading from another thread during an access");
+        say("reading from another thread");
         let byte = stray_read(address);
         say(&format!("read {byte:#x}"));
         done_tx.send(()).unwrap();
     });
 }
 
+/// In the test process: runs `test` in a child, which must get as far as printing `reached`
+/// and then die of SIGSEGV (`what` says what it means if it does not). `false` in the child,
+/// which runs the body; `true` (the test is over) in the parent, and where there are no keys.
+fn dies_of_a_fault_in_a_child(test: &str, reached: &str, what: &str) -> bool {
+    if common::is_child(test) {
+        return false;
+    }
+    if common::protection_key_factory().is_none() {
+        return true;
+    }
+    let (status, stdout, stderr) = common::run_child(test);
+    assert!(
+        stdout.contains(reached),
+        "the child did not get that far: {status}\n{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGSEGV),
+        "{what}: {status}\n{stdout}"
+    );
+    true
+}
+
 #[test]
 fn another_threads_read_during_an_access_faults() {
-    let test = common::this_test!();
-    if !common::is_child(test) {
-        if common::protection_key_factory().is_none() {
-            return;
-        }
-        let (status, stdout, stderr) = common::run_child(test);
-        assert!(
-            stdout.contains("reading from another thread"),
-            "the child did not get that far: {status}\n{stdout}\n{stderr}"
-        );
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGSEGV),
-            "another thread read the secret during an access: {status}\n{stdout}"
-        );
+    let reached = "reading from another thread";
+    if dies_of_a_fault_in_a_child(
+        common::this_test!(),
+        reached,
+        "another thread read the secret during an access",
+    ) {
         return;
     }
     read_from_another_thread_during_an_access(common::protection_key_factory().unwrap());
@@ -105,14 +119,11 @@ fn another_threads_read_during_an_access_succeeds_under_page_protection() {
 
 #[test]
 fn a_stray_read_while_idle_faults() {
-    let test = common::this_test!();
-    if !common::is_child(test) {
-        if common::protection_key_factory().is_none() {
-            return;
-        }
-        let (status, stdout, _) = common::run_child(test);
-        assert!(stdout.contains("reading while idle"), "{status}\n{stdout}");
-        assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status}\n{stdout}");
+    if dies_of_a_fault_in_a_child(
+        common::this_test!(),
+        "reading while idle",
+        "a stray read of an idle secret went through",
+    ) {
         return;
     }
     let secret = secret(&common::protection_key_factory().unwrap());

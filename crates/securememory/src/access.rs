@@ -619,7 +619,7 @@ impl<G: Gate> Drop for Held<'_, G> {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(all(test, loom))]
 mod loom;

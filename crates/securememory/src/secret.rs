@@ -93,13 +93,18 @@ impl Drop for Entered<'_> {
     }
 }
 
-/// Whether this thread is inside an access to any secret.
-fn holds_any_access() -> bool {
-    !INNERMOST.with(Cell::get).is_null()
+/// What this thread already holds of `access` (its mode), and whether it is inside an access to
+/// any secret at all.
+fn held_by_this_thread_and_any(access: &Access) -> (Option<Mode>, bool) {
+    let innermost = INNERMOST.with(Cell::get);
+    (held_from(innermost, access), !innermost.is_null())
 }
 
 fn held_by_this_thread(access: &Access) -> Option<Mode> {
-    let mut frame = INNERMOST.with(Cell::get);
+    held_from(INNERMOST.with(Cell::get), access)
+}
+
+fn held_from(mut frame: *const Frame, access: &Access) -> Option<Mode> {
     while !frame.is_null() {
         // SAFETY: linked frames live on this thread's stack until their `Entered` unlinks them,
         // which happens before they go out of scope.
@@ -138,17 +143,17 @@ impl Secret {
     /// A panic in `action` propagates after the access is released.
     #[inline]
     pub fn with_bytes<R>(&self, action: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
-        let entry = match held_by_this_thread(&self.access) {
-            Some(Mode::Read) => Entry::Nested,
-            Some(Mode::Write) => {
+        let entry = match held_by_this_thread_and_any(&self.access) {
+            (Some(Mode::Read), _) => Entry::Nested,
+            (Some(Mode::Write), _) => {
                 return Err(Error::Reentrant {
                     operation: "with_bytes",
                 })
             }
             // A writer waiting on this secret may be waiting for an access this thread holds
             // on another one: queueing behind it could deadlock.
-            None if holds_any_access() => Entry::HoldingAnother,
-            None => Entry::Fresh,
+            (None, true) => Entry::HoldingAnother,
+            (None, false) => Entry::Fresh,
         };
         self.refuse_in_forked_child()?;
         let held = self.access.read(&self.region, entry)?;
@@ -355,18 +360,11 @@ impl fmt::Debug for SecretReader<'_> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use crate::access::tests::wait_until;
     use crate::{ProtectedMemorySecretFactory, Secret, SecretFactory};
     use std::sync::{mpsc, Arc, Barrier};
     use std::thread;
-    use std::time::{Duration, Instant};
-
-    fn wait_until(what: &str, condition: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !condition() {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            thread::yield_now();
-        }
-    }
+    use std::time::Duration;
 
     /// Thread 1 reads A then B, thread 2 reads B then A, and a writer waits on each: the nested
     /// reads must pass the waiting writers (each writer waits for the other thread's outer read).

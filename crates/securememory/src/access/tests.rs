@@ -92,7 +92,7 @@ fn shared() -> Arc<Shared> {
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Spins until `condition` holds; panics after the deadline, so a deadlock fails the test.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
     while !condition() {
         assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");

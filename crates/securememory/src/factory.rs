@@ -133,13 +133,16 @@ impl ProtectedMemorySecretFactory {
         }
     }
 
-    /// The protection key the strategy calls for, if any.
-    fn protection_key(&self) -> Result<Option<ProtectionKey>, Error> {
+    /// The protection key the strategy calls for with `memory`, if any. `Auto` takes one only
+    /// for secret memory (see [`system::auto_strategy`](crate::system::auto_strategy)): under a
+    /// key, anonymous memory would stay readable to other processes.
+    fn protection_key(&self, memory: Memory) -> Result<Option<ProtectionKey>, Error> {
         let unavailable = |reason: String| Error::StrategyUnavailable {
             strategy: self.strategy,
             reason,
         };
         match self.strategy {
+            Strategy::Auto if memory == Memory::SecretMem => Ok(sys::protection_key().ok()),
             Strategy::Auto | Strategy::PageProtection => Ok(None),
             Strategy::ProtectionKey => sys::protection_key().map(Some).map_err(unavailable),
             Strategy::Sealed => Err(unavailable(
@@ -151,9 +154,13 @@ impl ProtectedMemorySecretFactory {
     /// Maps a writable region for `len` bytes under this factory's policy.
     fn region(&self, len: usize) -> Result<(Region, Protection), Error> {
         let mlock = self.mlock;
-        let key = self.protection_key()?;
-        let anonymous = || Region::new(len, Memory::Anonymous, mlock, self.guard_pages, key);
-        let secret_memory = || Region::new(len, Memory::SecretMem, mlock, self.guard_pages, key);
+        let guard_pages = self.guard_pages;
+        let map = |memory| {
+            let key = self.protection_key(memory)?;
+            Region::new(len, memory, mlock, guard_pages, key)
+        };
+        let anonymous = || map(Memory::Anonymous);
+        let secret_memory = || map(Memory::SecretMem);
         let mut gave_up_secretmem = false;
         let made = match self.backing {
             Backing::Anonymous => anonymous(),

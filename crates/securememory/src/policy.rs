@@ -43,7 +43,11 @@ impl Backing {
 #[non_exhaustive]
 pub enum Strategy {
     /// The strategy that keeps every promise [`Strategy::PageProtection`] keeps on this machine
-    /// at the least cost. Today that is `PageProtection`.
+    /// at the least cost: [`Strategy::ProtectionKey`] for secrets in secret memory on a CPU with
+    /// protection keys, `PageProtection` otherwise. [`system::auto_strategy`] says which, and
+    /// why.
+    ///
+    /// [`system::auto_strategy`]: crate::system::auto_strategy
     #[default]
     Auto,
     /// The pages of a secret are inaccessible (`PROT_NONE`) except while an access runs; the

@@ -62,3 +62,48 @@ pub fn check_protection_keys() -> Result<(), Error> {
             reason,
         })
 }
+
+/// What [`Strategy::Auto`] resolves to for secrets with `backing` on this machine, and why: the
+/// answer the factories act on.
+///
+/// `Auto` picks [`Strategy::ProtectionKey`] only where it keeps every promise that
+/// [`Strategy::PageProtection`] keeps: with secret memory, which other processes (root included)
+/// cannot read whatever the page protection. Anonymous memory under a protection key stays
+/// readable through `/proc/PID/mem` and `process_vm_readv`, which `PROT_NONE` refuses, so
+/// there `Auto` keeps page protection. A secret that [`Backing::Auto`] had to put in anonymous
+/// memory (past the locked-memory limit, under [`MlockPolicy::BestEffort`](crate::MlockPolicy))
+/// gets page protection too.
+///
+/// ```
+/// use securememory::{system, Backing, Strategy};
+///
+/// let (strategy, why) = system::auto_strategy(Backing::Auto);
+/// assert_ne!(strategy, Strategy::Auto);
+/// println!("Strategy::Auto is {strategy:?} here: {why}");
+/// ```
+pub fn auto_strategy(backing: Backing) -> (Strategy, String) {
+    const ANONYMOUS_UNDER_A_KEY: &str = "a protection key would leave anonymous memory readable \
+                                         to other processes (/proc/PID/mem, process_vm_readv), \
+                                         which page protection refuses";
+    let page_protection = |why: String| (Strategy::PageProtection, why);
+    if backing == Backing::Anonymous {
+        return page_protection(format!(
+            "anonymous memory was asked for: {ANONYMOUS_UNDER_A_KEY}"
+        ));
+    }
+    if let Err(error) = check_secret_memory() {
+        return page_protection(format!(
+            "secret memory is not available ({error}): {ANONYMOUS_UNDER_A_KEY}"
+        ));
+    }
+    match sys::protection_key() {
+        Ok(_) => (
+            Strategy::ProtectionKey,
+            "the CPU has memory protection keys and secrets live in secret memory, which other \
+             processes cannot read whatever the protection: an access opens the secret to the \
+             calling thread only, with no system call"
+                .to_string(),
+        ),
+        Err(missing) => page_protection(format!("no protection keys: {missing}")),
+    }
+}

@@ -6,7 +6,7 @@
 
 mod common;
 
-use securememory::{ProtectedMemorySecretFactory, Secret, SecretFactory, Strategy};
+use securememory::{Backing, ProtectedMemorySecretFactory, Secret, SecretFactory, Strategy};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::mpsc;
@@ -264,8 +264,45 @@ fn sealed_is_a_clear_error_and_protection_keys_are_never_a_silent_fallback() {
             Err(securememory::Error::StrategyUnavailable { .. })
         )),
     }
-    let auto = common::default_factory().create_random(32).unwrap();
-    assert_eq!(auto.protection().strategy, Strategy::PageProtection);
+}
+
+/// `Auto` takes a protection key exactly where it keeps every promise: secret memory (which other
+/// processes cannot read anyway) on a CPU with keys; anonymous memory keeps page protection.
+#[test]
+fn auto_takes_a_protection_key_for_secret_memory_only() {
+    let keys = securememory::system::check_protection_keys().is_ok();
+    let secret_memory = securememory::system::check_secret_memory().is_ok();
+    let auto = ProtectedMemorySecretFactory::default()
+        .create_random(32)
+        .unwrap();
+    let expected = if keys && auto.protection().backing == Backing::SecretMem {
+        Strategy::ProtectionKey
+    } else {
+        Strategy::PageProtection
+    };
+    assert_eq!(auto.protection().strategy, expected);
+    assert_eq!(
+        securememory::system::auto_strategy(Backing::Auto).0,
+        if keys && secret_memory {
+            Strategy::ProtectionKey
+        } else {
+            Strategy::PageProtection
+        }
+    );
+    let anonymous = ProtectedMemorySecretFactory::builder()
+        .backing(Backing::Anonymous)
+        .build()
+        .create_random(32)
+        .unwrap();
+    assert_eq!(anonymous.protection().strategy, Strategy::PageProtection);
+    let (strategy, why) = securememory::system::auto_strategy(Backing::Anonymous);
+    assert_eq!(strategy, Strategy::PageProtection);
+    assert!(why.contains("/proc/PID/mem"), "{why}");
+    if keys {
+        eprintln!("this CPU has protection keys");
+    } else {
+        eprintln!("skipped: the protection-key half (this CPU has no memory protection keys)");
+    }
 }
 
 /// The outermost window of a thread closes the key on its way out, whatever the rights were

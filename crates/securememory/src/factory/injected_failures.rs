@@ -13,9 +13,11 @@ fn locked_kib() -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// A factory whose accesses change page protection: the calls most of these tests make fail.
 fn factory(backing: Backing) -> ProtectedMemorySecretFactory {
     ProtectedMemorySecretFactory::builder()
         .backing(backing)
+        .strategy(Strategy::PageProtection)
         .build()
 }
 
@@ -23,19 +25,28 @@ fn factory(backing: Backing) -> ProtectedMemorySecretFactory {
 /// `create_random`; only the latter uses randomness); checks the error, that `new` left its
 /// source alone, and that nothing is left mapped or locked.
 fn fails_cleanly(backing: Backing, op: Op, errno: i32, operation: &str) {
+    fails_cleanly_with(|| factory(backing), op, errno, operation);
+}
+
+fn fails_cleanly_with(
+    factory: impl Fn() -> ProtectedMemorySecretFactory,
+    op: Op,
+    errno: i32,
+    operation: &str,
+) {
     let locked_before = locked_kib();
     fault::take_reservations();
     let mut expected_reservations = 1;
     if op != Op::Random {
         fault::fail_next(op, errno);
         let mut source = [0x5au8; 48];
-        let error = factory(backing).new(&mut source).unwrap_err();
+        let error = factory().new(&mut source).unwrap_err();
         assert_eq!(source, [0x5a; 48], "{op:?}: source touched on failure");
         assert!(error.to_string().contains(operation), "{op:?}: {error}");
         expected_reservations += 1;
     }
     fault::fail_next(op, errno);
-    let error = factory(backing).create_random(48).unwrap_err();
+    let error = factory().create_random(48).unwrap_err();
     assert!(error.to_string().contains(operation), "{op:?}: {error}");
     let reservations = fault::take_reservations();
     if op != Op::Reserve {
@@ -52,7 +63,7 @@ fn fails_cleanly(backing: Backing, op: Op, errno: i32, operation: &str) {
     }
     assert_eq!(locked_kib(), locked_before, "{op:?}: memory left locked");
     // The failure was one-shot: the factory works again.
-    let secret = factory(backing).new(&mut [1; 8]).unwrap();
+    let secret = factory().new(&mut [1; 8]).unwrap();
     assert!(secret.with_bytes(|b| b == [1; 8]).unwrap());
 }
 
@@ -98,6 +109,28 @@ fn failures_making_secretmem_secrets_leave_nothing_behind() {
     fails_cleanly(Backing::SecretMem, Op::ExcludeFromFork, eio, "madvise");
     fails_cleanly(Backing::SecretMem, Op::Protect, eio, "mprotect");
     fails_cleanly(Backing::SecretMem, Op::Random, eio, "random");
+}
+
+#[test]
+fn failures_making_protection_key_secrets_leave_nothing_behind() {
+    common::in_child_process!();
+    if let Err(missing) = sys::protection_key() {
+        eprintln!("skipped: no protection keys ({missing})");
+        return;
+    }
+    let eio = libc::EIO;
+    for backing in [Backing::Anonymous, Backing::Auto] {
+        let factory = || {
+            ProtectedMemorySecretFactory::builder()
+                .backing(backing)
+                .strategy(Strategy::ProtectionKey)
+                .build()
+        };
+        fails_cleanly_with(factory, Op::Reserve, libc::ENOMEM, "mmap");
+        fails_cleanly_with(factory, Op::Tag, eio, "pkey_mprotect");
+        fails_cleanly_with(factory, Op::ExcludeFromFork, eio, "madvise");
+        fails_cleanly_with(factory, Op::Random, eio, "random");
+    }
 }
 
 #[test]

@@ -84,6 +84,12 @@ pub(crate) enum Op {
     ExcludeFromDump,
     ExcludeFromFork,
     Random,
+    /// Tagging pages with a protection key (`pkey_mprotect`).
+    #[cfg_attr(
+        not(all(target_os = "linux", target_arch = "x86_64")),
+        allow(dead_code)
+    )]
+    Tag,
     /// One `VirtualLock` call of Windows' [`lock`], which calls it again after raising the
     /// working set.
     #[cfg(windows)]
@@ -205,6 +211,7 @@ impl ProtectionKey {
     pub(crate) unsafe fn tag(self, addr: NonNull<u8>, len: usize) -> Result<(), OsError> {
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         {
+            inject!(Tag, "pkey_mprotect");
             // SAFETY: forwarded from the caller.
             unsafe { pkey::tag(addr, len, self.0) }.map_err(OsError::of("pkey_mprotect"))
         }

@@ -58,7 +58,13 @@
 //! several secrets in one global order.
 
 use crate::error::Error;
-use crate::sync::{AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{
+    barrier_all_threads, fence, light_barrier, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
+};
+use std::time::Duration;
+
+mod slots;
+pub(crate) use slots::{this_threads_line, Line};
 
 /// The two ways into a secret's memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +111,12 @@ pub(crate) trait Gate {
     /// to the parent's threads.
     fn inherited(&self) -> bool {
         false
+    }
+    /// The epoch of the process the memory was made in (see `sys::process_epoch`): readers
+    /// publish under it, and writers and `close` look for readers of it only. Gates of tests,
+    /// which never fork, keep the default.
+    fn epoch(&self) -> u64 {
+        1
     }
 }
 
@@ -184,31 +196,105 @@ impl Access {
     }
 
     /// Starts a read. `entry` says what the calling thread already holds (see [`Entry`]).
+    ///
+    /// `line` is the calling thread's reader line, given for memory that opens per thread
+    /// ([`Gate::shared`] false): the read is then published there, and no shared cache line is
+    /// written (see [`slots`]). Without a line, or when the line is full or a writer or `close`
+    /// is in the way, the read is counted in the state word.
     #[inline]
     pub(crate) fn read<'a, G: Gate>(
         &'a self,
         gate: &'a G,
         entry: Entry,
+        line: Option<&'a Line>,
     ) -> Result<Held<'a, G>, Error> {
-        match entry {
-            Entry::Nested => self.join_nested()?,
-            Entry::Fresh => {
-                if !self.try_join_open(FRESH_BLOCKERS) {
-                    self.read_slow(gate, entry)?;
+        let blockers = match entry {
+            Entry::Nested => {
+                // The thread's outer read keeps the memory open, and ends after this one: there
+                // is nothing to count. Acquire: see `is_closed`.
+                if self.is_closed() {
+                    return Err(Error::Closed);
                 }
+                return Ok(Held::new(self, gate, Hold::Nested));
             }
-            Entry::HoldingAnother => {
-                if !self.try_join_open(HOLDING_ANOTHER_BLOCKERS) {
-                    self.read_slow(gate, entry)?;
-                }
+            Entry::Fresh => FRESH_BLOCKERS,
+            Entry::HoldingAnother => HOLDING_ANOTHER_BLOCKERS,
+        };
+        if let Some(line) = line {
+            debug_assert!(!gate.shared(), "readers publish only where memory opens per thread");
+            if let Some(published) = self.try_publish(line, blockers) {
+                return Ok(Held::new(self, gate, Hold::Published(published)));
             }
         }
-        Ok(Held {
-            access: self,
-            gate,
-            mode: Mode::Read,
-            done: false,
-        })
+        if !self.try_join_open(blockers) {
+            self.read_slow(gate, entry)?;
+        }
+        Ok(Held::new(self, gate, Hold::Counted(Mode::Read)))
+    }
+
+    /// This access's address, which names it in reader lines.
+    fn address(&self) -> usize {
+        self as *const Access as usize
+    }
+
+    /// The fast path of memory opened per thread: publish the read in the thread's own line,
+    /// then check that no writer or closer is in the way (see [`slots`]). `None` when the line
+    /// is full or something in `blockers` is set; the read is then withdrawn.
+    #[inline]
+    fn try_publish<'a>(&self, line: &'a Line, blockers: usize) -> Option<&'a AtomicUsize> {
+        let published = line.publish(self.address())?;
+        // Acquire pairs with the Release of a writer that left before: its write happens before
+        // this read. The publication fence orders this load after the entry's store.
+        if self.state.load(Ordering::Acquire) & blockers == 0 {
+            return Some(published);
+        }
+        self.withdraw(published);
+        None
+    }
+
+    /// Clears a published read, and wakes a writer or closer that may be waiting for it.
+    #[inline]
+    fn withdraw(&self, published: &AtomicUsize) {
+        slots::withdraw(published);
+        // The entry's store, then this load: a waiter that still saw the entry forces every
+        // thread through a barrier and looks again, so either it sees the entry gone or this
+        // load sees its flag.
+        light_barrier();
+        // Relaxed: the mutex orders the wake-up.
+        if self.state.load(Ordering::Relaxed) & (WRITER_WAITING | WRITING | CLOSED) != 0 {
+            let _waiting = self.waiting.lock();
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits until no thread has a read of this access published; with the mutex held, after
+    /// setting a flag in the state word that keeps new reads from being published
+    /// (`WRITER_WAITING` for fresh readers, `CLOSED` for all) with a read-modify-write. Returns
+    /// whether it had to wait (and so let go of the mutex meanwhile).
+    fn drain_published<G: Gate>(&self, gate: &G, waiting: &mut MutexGuard<'_, Waiting>) -> bool {
+        // The flag's store, then the scan: a reader publishing meanwhile either sees the flag
+        // (and withdraws) or is seen here.
+        fence(Ordering::SeqCst);
+        let table = slots::table();
+        let (address, epoch) = (self.address(), gate.epoch());
+        let mut waited = false;
+        while table.published(address, epoch) {
+            waited = true;
+            if barrier_all_threads() {
+                // Every reader that withdrew before the barrier is now seen gone; one that
+                // withdraws after it sees the flag and notifies under the mutex, which this
+                // thread holds until it waits.
+                if !table.published(address, epoch) {
+                    break;
+                }
+                self.changed.wait(waiting);
+            } else {
+                // No barrier: a reader's withdrawal may go unseen by both sides for a moment.
+                self.changed
+                    .wait_timeout(waiting, Duration::from_millis(1));
+            }
+        }
+        waited
     }
 
     /// Starts an exclusive write; waits for readers and other writers to leave.
@@ -227,17 +313,16 @@ impl Access {
             // Readers queued behind the writer flag may go now.
             self.changed.notify_all();
         }
-        result.map(|()| Held {
-            access: self,
-            gate,
-            mode: Mode::Write,
-            done: false,
-        })
+        result.map(|()| Held::new(self, gate, Hold::Counted(Mode::Write)))
     }
 
     /// Closes: refuses new accesses at once, waits for the ones in flight, then runs `teardown`
     /// exactly once. Concurrent and later calls return once the first one has finished.
-    pub(crate) fn close(&self, teardown: impl FnOnce() -> Result<(), Error>) -> Result<(), Error> {
+    pub(crate) fn close<G: Gate>(
+        &self,
+        gate: &G,
+        teardown: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<(), Error> {
         // AcqRel: the closer that wins must see every access that finished before it.
         let previous = self.state.fetch_or(CLOSED, Ordering::AcqRel);
         if previous & RELEASED != 0 {
@@ -264,6 +349,9 @@ impl Access {
                 break;
             }
             self.changed.wait(&mut waiting);
+        }
+        if !gate.shared() {
+            self.drain_published(gate, &mut waiting);
         }
         let result = teardown();
         // Release: closers that see RELEASED see the teardown done.
@@ -306,32 +394,6 @@ impl Access {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return true,
-                Err(current) => state = current,
-            }
-        }
-    }
-
-    /// A thread already reading joins again: the memory is open and cannot close under it.
-    fn join_nested(&self) -> Result<(), Error> {
-        // Relaxed: a first guess for the CAS; this thread's outer read already acquired.
-        let mut state = self.state.load(Ordering::Relaxed);
-        loop {
-            debug_assert!(readers(state) > 0, "a nested read needs an outer read");
-            if state & CLOSED != 0 {
-                return Err(Error::Closed);
-            }
-            if state > usize::MAX - ONE_READER {
-                return Err(Error::Reentrant {
-                    operation: "with_bytes",
-                });
-            }
-            match self.state.compare_exchange_weak(
-                state,
-                state + ONE_READER,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Ok(()),
                 Err(current) => state = current,
             }
         }
@@ -463,10 +525,63 @@ impl Access {
                 self.changed.wait(waiting);
                 continue;
             }
+            if !gate.shared() {
+                match self.write_per_thread(state, gate, waiting) {
+                    Some(result) => return result,
+                    None => continue,
+                }
+            }
             gate.expose(Mode::Write)?;
             // WRITING replaces OPEN: readers may not join a writer.
             return self.publish(state, WRITING, gate);
         }
+    }
+
+    /// A writer's way in where memory opens per thread, from a `state` with no reader counted
+    /// and no writer in. Readers published in their threads' lines are not counted, so there is
+    /// no single compare-and-swap that finds none and lets the writer in; instead:
+    ///
+    /// 1. With `WRITER_WAITING` set (fresh readers no longer publish), wait for the published
+    ///    reads to end.
+    /// 2. Set `WRITING` (no reader publishes any more) and look once more. A reader holding
+    ///    another secret's access may have published between the two steps (it passes a waiting
+    ///    writer); then clear `WRITING` again and start over, rather than keep the flag while
+    ///    waiting: that reader may be about to read a secret whose writer waits for a reader
+    ///    that waits for this secret.
+    ///
+    /// `None` when the caller must look at the state word again.
+    fn write_per_thread<G: Gate>(
+        &self,
+        state: usize,
+        gate: &G,
+        waiting: &mut MutexGuard<'_, Waiting>,
+    ) -> Option<Result<(), Error>> {
+        if self.drain_published(gate, waiting) {
+            return None;
+        }
+        // AcqRel: a read-modify-write, which the fence below orders before the scan. Counted
+        // readers join only with the mutex or with OPEN, which this clears.
+        self.state
+            .compare_exchange(
+                state,
+                (state | WRITING) & !OPEN,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .ok()?;
+        fence(Ordering::SeqCst);
+        let refused = if slots::table().published(self.address(), gate.epoch()) {
+            None
+        } else {
+            match gate.expose(Mode::Write) {
+                Ok(()) => return Some(Ok(())),
+                Err(error) => Some(Err(error)),
+            }
+        };
+        // Release: whoever gets in next sees the memory as this writer left it.
+        self.state.fetch_and(!WRITING, Ordering::Release);
+        self.changed.notify_all();
+        refused
     }
 
     /// The end of a read: one CAS unless this is the last reader, who closes the memory.
@@ -579,37 +694,62 @@ impl Access {
 /// dropping it (on a panic in the callback) ends it too and logs that failure instead.
 ///
 /// When the gate says the memory was inherited through a fork (a thread that forked inside its
-/// own access, now in the child), ending the access touches nothing: the state word, the mutex
-/// and the memory belong to the parent's threads.
+/// own access, now in the child), ending the access touches nothing: the state word, the mutex,
+/// the reader line and the memory belong to the parent's threads.
 pub(crate) struct Held<'a, G: Gate> {
     access: &'a Access,
     gate: &'a G,
-    mode: Mode,
-    done: bool,
+    hold: Hold<'a>,
 }
 
-impl<G: Gate> Held<'_, G> {
-    /// Ends the access. [`Error::Forked`] when the memory was inherited through a fork.
-    #[inline]
-    pub(crate) fn finish(mut self) -> Result<(), Error> {
-        self.done = true;
-        if self.gate.inherited() {
-            return Err(Error::Forked);
+/// How an access in progress is accounted for.
+enum Hold<'a> {
+    /// Counted in the state word.
+    Counted(Mode),
+    /// A read inside a read of the same secret on the same thread: the outer one accounts for
+    /// both.
+    Nested,
+    /// A read published in the thread's reader line (this entry).
+    Published(&'a AtomicUsize),
+}
+
+impl<'a, G: Gate> Held<'a, G> {
+    fn new(access: &'a Access, gate: &'a G, hold: Hold<'a>) -> Self {
+        Held {
+            access,
+            gate,
+            hold,
         }
-        self.leave()
     }
 
+    /// Ends the access. [`Error::Forked`] when the memory was inherited through a fork.
+    #[inline]
+    pub(crate) fn finish(self) -> Result<(), Error> {
+        // Ended here: nothing left for the drop (which is for panics).
+        let this = std::mem::ManuallyDrop::new(self);
+        if this.gate.inherited() {
+            return Err(Error::Forked);
+        }
+        this.leave()
+    }
+
+    #[inline]
     fn leave(&self) -> Result<(), Error> {
-        match self.mode {
-            Mode::Read => self.access.leave_read(self.gate),
-            Mode::Write => self.access.leave_write(self.gate),
+        match self.hold {
+            Hold::Counted(Mode::Read) => self.access.leave_read(self.gate),
+            Hold::Counted(Mode::Write) => self.access.leave_write(self.gate),
+            Hold::Nested => Ok(()),
+            Hold::Published(entry) => {
+                self.access.withdraw(entry);
+                Ok(())
+            }
         }
     }
 }
 
 impl<G: Gate> Drop for Held<'_, G> {
     fn drop(&mut self) {
-        if self.done || self.gate.inherited() {
+        if self.gate.inherited() {
             return;
         }
         if let Err(error) = self.leave() {

@@ -258,12 +258,14 @@ impl Region {
     }
 
     /// The first byte of the secret (right-aligned against the trailing guard).
+    #[inline]
     pub(crate) fn bytes(&self) -> NonNull<u8> {
         // SAFETY: len <= data_len, so the result stays inside the data pages.
         unsafe { self.data.add(self.data_len - self.len) }
     }
 
     /// The secret's length in bytes.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -325,6 +327,7 @@ impl Region {
     }
 
     /// Whether this process is a fork of the one that made the region.
+    #[inline]
     pub(crate) fn in_forked_child(&self) -> bool {
         sys::process_epoch() != self.epoch
     }
@@ -424,6 +427,11 @@ impl Gate for Region {
     #[inline]
     fn inherited(&self) -> bool {
         self.in_forked_child()
+    }
+
+    #[inline]
+    fn epoch(&self) -> u64 {
+        self.epoch
     }
 }
 

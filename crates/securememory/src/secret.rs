@@ -1,6 +1,6 @@
 //! `Secret`: a region plus its access state. The public type.
 
-use crate::access::{Access, Entry, Mode};
+use crate::access::{this_threads_line, Access, Entry, Gate, Mode};
 use crate::error::Error;
 use crate::policy::Protection;
 use crate::region::Region;
@@ -81,6 +81,7 @@ struct Entered<'f> {
 }
 
 impl<'f> Entered<'f> {
+    #[inline]
     fn link(frame: &'f Frame) -> Self {
         INNERMOST.with(|innermost| innermost.set(frame));
         Entered { frame }
@@ -88,6 +89,7 @@ impl<'f> Entered<'f> {
 }
 
 impl Drop for Entered<'_> {
+    #[inline]
     fn drop(&mut self) {
         INNERMOST.with(|innermost| innermost.set(self.frame.outer));
     }
@@ -95,6 +97,7 @@ impl Drop for Entered<'_> {
 
 /// What this thread already holds of `access` (its mode), and whether it is inside an access to
 /// any secret at all.
+#[inline]
 fn held_by_this_thread_and_any(access: &Access) -> (Option<Mode>, bool) {
     let innermost = INNERMOST.with(Cell::get);
     (held_from(innermost, access), !innermost.is_null())
@@ -104,6 +107,7 @@ fn held_by_this_thread(access: &Access) -> Option<Mode> {
     held_from(INNERMOST.with(Cell::get), access)
 }
 
+#[inline]
 fn held_from(mut frame: *const Frame, access: &Access) -> Option<Mode> {
     while !frame.is_null() {
         // SAFETY: linked frames live on this thread's stack until their `Entered` unlinks them,
@@ -156,7 +160,14 @@ impl Secret {
             (None, false) => Entry::Fresh,
         };
         self.refuse_in_forked_child()?;
-        let held = self.access.read(&self.region, entry)?;
+        // Memory opened per thread takes reads without a shared write: each thread publishes
+        // its reads in a line of its own.
+        let line = if self.region.shared() {
+            None
+        } else {
+            this_threads_line(self.region.epoch())
+        };
+        let held = self.access.read(&self.region, entry, line)?;
         let window = self.region.open_window(Mode::Read);
         let frame = Frame {
             access: &self.access,
@@ -243,6 +254,7 @@ impl Secret {
     }
 
     /// The secret's length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.region.len()
     }
@@ -287,9 +299,10 @@ impl Secret {
             }
             return Ok(());
         }
-        self.access.close(|| self.region.destroy())
+        self.access.close(&self.region, || self.region.destroy())
     }
 
+    #[inline]
     fn refuse_in_forked_child(&self) -> Result<(), Error> {
         if self.region.in_forked_child() {
             Err(Error::Forked)

@@ -10,10 +10,11 @@ use loom::sync as base;
 #[cfg(not(loom))]
 use std::sync as base;
 
-pub(crate) use base::atomic::{AtomicUsize, Ordering};
+pub(crate) use base::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
 use std::ops::{Deref, DerefMut};
 use std::sync::PoisonError;
+use std::time::Duration;
 
 pub(crate) struct Mutex<T>(base::Mutex<T>);
 
@@ -91,11 +92,52 @@ impl Condvar {
         self.waiters.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// As [`wait`](Self::wait), but wakes after `timeout` at the latest (the model checker's
+    /// condition variable never times out: it explores the notified wake-ups only).
+    pub(crate) fn wait_timeout<T>(&self, guard: &mut MutexGuard<'_, T>, timeout: Duration) {
+        // Relaxed: see `wait`.
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let inner = guard.0.take().expect("guard present outside Condvar::wait");
+        let (inner, _) = self
+            .inner
+            .wait_timeout(inner, timeout)
+            .unwrap_or_else(PoisonError::into_inner);
+        guard.0 = Some(inner);
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Wakes every waiter. Call it with the waiters' mutex held.
     pub(crate) fn notify_all(&self) {
         // Relaxed: see `wait`.
         if self.waiters.load(Ordering::Relaxed) > 0 {
             self.inner.notify_all();
         }
+    }
+}
+
+/// The cheap side of an asymmetric fence: orders this thread's earlier stores before its later
+/// loads as far as a thread calling [`barrier_all_threads`] is concerned. Costs nothing at run
+/// time (the heavy side makes the CPU fence); the model checker, which knows no such system
+/// call, sees a full fence on both sides.
+#[inline]
+pub(crate) fn light_barrier() {
+    #[cfg(not(loom))]
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}
+
+/// The expensive side: makes every running thread of the process pass a full fence
+/// (`membarrier(2)`), so their stores before a [`light_barrier`] are visible after this returns,
+/// and their loads after it see what this thread stored before. `false` where the OS cannot.
+pub(crate) fn barrier_all_threads() -> bool {
+    #[cfg(not(loom))]
+    {
+        crate::sys::barrier_all_threads()
+    }
+    #[cfg(loom)]
+    {
+        fence(Ordering::SeqCst);
+        true
     }
 }

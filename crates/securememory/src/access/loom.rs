@@ -79,7 +79,7 @@ fn read(s: &Shared) -> bool {
 }
 
 fn read_as(s: &Shared, entry: Entry) -> bool {
-    match s.access.read(&s.gate, entry) {
+    match s.access.read(&s.gate, entry, None) {
         Ok(held) => {
             s.gate.assert_readable();
             held.finish().unwrap();
@@ -132,7 +132,7 @@ fn loom_reader_racing_close_never_reads_torn_down_memory() {
                 read(&s);
             })
         };
-        s.access.close(|| s.gate.teardown()).unwrap();
+        s.access.close(&s.gate, || s.gate.teardown()).unwrap();
         t.join().unwrap();
         assert_eq!(s.gate.protection.load(SeqCst), 3);
     });
@@ -146,7 +146,7 @@ fn loom_reader_arriving_after_close_started_is_refused_even_while_memory_is_open
         let holder = {
             let s = s.clone();
             thread::spawn(move || {
-                let held = s.access.read(&s.gate, Entry::Fresh).unwrap();
+                let held = s.access.read(&s.gate, Entry::Fresh, None).unwrap();
                 inside_tx.send(()).unwrap();
                 held.finish().unwrap();
             })
@@ -160,7 +160,7 @@ fn loom_reader_arriving_after_close_started_is_refused_even_while_memory_is_open
                 assert!(!(closed_before && entered), "joined after close started");
             })
         };
-        s.access.close(|| s.gate.teardown()).unwrap();
+        s.access.close(&s.gate, || s.gate.teardown()).unwrap();
         holder.join().unwrap();
         late.join().unwrap();
     });
@@ -240,11 +240,11 @@ fn loom_concurrent_closers_both_return_after_teardown() {
         let t = {
             let s = s.clone();
             thread::spawn(move || {
-                s.access.close(|| s.gate.teardown()).unwrap();
+                s.access.close(&s.gate, || s.gate.teardown()).unwrap();
                 assert_eq!(s.gate.protection.load(SeqCst), 3);
             })
         };
-        s.access.close(|| s.gate.teardown()).unwrap();
+        s.access.close(&s.gate, || s.gate.teardown()).unwrap();
         assert_eq!(s.gate.protection.load(SeqCst), 3);
         t.join().unwrap();
     });
@@ -308,7 +308,7 @@ fn loom_per_thread_gate_keeps_writers_and_close_out_of_readers() {
             let (access, gate) = (access.clone(), gate.clone());
             thread::spawn(move || {
                 for _ in 0..2 {
-                    match access.read(&*gate, Entry::Fresh) {
+                    match access.read(&*gate, Entry::Fresh, None) {
                         Ok(held) => {
                             gate.enter_read();
                             gate.leave_read();
@@ -330,9 +330,128 @@ fn loom_per_thread_gate_keeps_writers_and_close_out_of_readers() {
                 }
             })
         };
-        access.close(|| gate.teardown()).unwrap();
+        access.close(&*gate, || gate.teardown()).unwrap();
         reader.join().unwrap();
         writer.join().unwrap();
         assert_eq!(gate.torn_down.load(SeqCst), 1);
+    });
+}
+
+/// Memory that opens per thread, as bytes the model checker watches: a read and a write (or the
+/// teardown's wipe) not ordered by the protocol is reported as a data race.
+#[derive(Default)]
+struct WatchedBytes {
+    byte: ::loom::cell::UnsafeCell<u8>,
+}
+
+impl Gate for WatchedBytes {
+    fn expose(&self, _: Mode) -> Result<(), Error> {
+        Ok(())
+    }
+    fn conceal(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+impl WatchedBytes {
+    fn read(&self) -> u8 {
+        // SAFETY: the protocol under test orders this against every write; the model checker
+        // reports it when it does not.
+        self.byte.with(|byte| unsafe { *byte })
+    }
+    fn write(&self, value: u8) {
+        // SAFETY: as for `read`.
+        self.byte.with_mut(|byte| unsafe { *byte = value })
+    }
+}
+
+/// A reader that publishes in its line (its thread's own), and a writer: each sees the other's
+/// bytes whole or not at all.
+fn published_read_beside_a_write(entry: Entry) {
+    let access = Arc::new(Access::new());
+    let bytes = Arc::new(WatchedBytes::default());
+    let reader = {
+        let (access, bytes) = (access.clone(), bytes.clone());
+        thread::spawn(move || {
+            let line = slots::table().claim(1).expect("a free line");
+            let held = access.read(&*bytes, entry, Some(line)).unwrap();
+            let seen = bytes.read();
+            held.finish().unwrap();
+            seen
+        })
+    };
+    let held = access.write(&*bytes).unwrap();
+    bytes.write(1);
+    held.finish().unwrap();
+    let seen = reader.join().unwrap();
+    assert!(seen <= 1);
+    access.close(&*bytes, || Ok(())).unwrap();
+}
+
+/// A fresh reader publishing its read, racing a writer.
+#[test]
+fn loom_a_published_read_and_a_write_exclude_each_other() {
+    ::loom::model(|| published_read_beside_a_write(Entry::Fresh));
+}
+
+/// A reader that holds another secret passes a waiting writer and publishes; the writer must
+/// still find it once it sets `WRITING`.
+#[test]
+fn loom_a_read_holding_another_secret_slips_past_no_writer() {
+    ::loom::model(|| published_read_beside_a_write(Entry::HoldingAnother));
+}
+
+/// `close` waits for a published read before wiping; a read that starts after it is refused.
+#[test]
+fn loom_close_waits_for_a_published_read() {
+    ::loom::model(|| {
+        let access = Arc::new(Access::new());
+        let bytes = Arc::new(WatchedBytes::default());
+        let reader = {
+            let (access, bytes) = (access.clone(), bytes.clone());
+            thread::spawn(move || {
+                let line = slots::table().claim(1).expect("a free line");
+                if let Ok(held) = access.read(&*bytes, Entry::Fresh, Some(line)) {
+                    bytes.read();
+                    held.finish().unwrap();
+                }
+            })
+        };
+        access
+            .close(&*bytes, || {
+                bytes.write(0);
+                Ok(())
+            })
+            .unwrap();
+        reader.join().unwrap();
+    });
+}
+
+/// Without the fence between publishing a read and checking the state word, a reader and a
+/// writer can each miss the other (store buffering): the model checker must find the race.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_without_the_publication_fence_a_read_overlaps_a_write() {
+    ::loom::model(|| {
+        let access = Arc::new(Access::new());
+        let bytes = Arc::new(WatchedBytes::default());
+        let reader = {
+            let (access, bytes) = (access.clone(), bytes.clone());
+            thread::spawn(move || {
+                let line = slots::table().claim(1).expect("a free line");
+                line.publication_fence
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                let held = access.read(&*bytes, Entry::Fresh, Some(line)).unwrap();
+                bytes.read();
+                held.finish().unwrap();
+            })
+        };
+        let held = access.write(&*bytes).unwrap();
+        bytes.write(1);
+        held.finish().unwrap();
+        reader.join().unwrap();
     });
 }

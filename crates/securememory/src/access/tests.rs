@@ -120,7 +120,7 @@ fn spawn_reader(
     let (entered_tx, entered_rx) = mpsc::channel();
     let (leave_tx, leave_rx) = mpsc::channel::<()>();
     let shared = Arc::clone(shared);
-    let handle = thread::spawn(move || match shared.access.read(&shared.gate, entry) {
+    let handle = thread::spawn(move || match shared.access.read(&shared.gate, entry, None) {
         Ok(held) => {
             assert_eq!(shared.gate.protection.load(Ordering::SeqCst), 1);
             entered_tx.send(Ok(())).unwrap();
@@ -176,8 +176,8 @@ fn assert_idle(access: &Access) {
 fn first_reader_opens_and_last_reader_closes() {
     let access = Access::new();
     let gate = FakeGate::default();
-    let first = access.read(&gate, Entry::Fresh).unwrap();
-    let second = access.read(&gate, Entry::Fresh).unwrap();
+    let first = access.read(&gate, Entry::Fresh, None).unwrap();
+    let second = access.read(&gate, Entry::Fresh, None).unwrap();
     assert_eq!(
         gate.opens.get(),
         1,
@@ -201,12 +201,12 @@ fn failed_reprotect_is_returned_remembered_and_retried() {
     let access = Access::new();
     let gate = FakeGate::default();
     gate.fail_close.set(true);
-    let held = access.read(&gate, Entry::Fresh).unwrap();
+    let held = access.read(&gate, Entry::Fresh, None).unwrap();
     assert!(matches!(held.finish(), Err(Error::Os { .. })));
     assert_eq!(readers(access.state()), 0, "the count is never stuck");
     assert_ne!(access.state() & OPEN, 0, "the failure is remembered");
     gate.fail_close.set(false);
-    let held = access.read(&gate, Entry::Fresh).unwrap();
+    let held = access.read(&gate, Entry::Fresh, None).unwrap();
     assert_eq!(
         gate.opens.get(),
         1,
@@ -226,9 +226,9 @@ fn failed_reprotect_after_write_is_remembered() {
     assert!(held.finish().is_err());
     assert_eq!(access.state() & (WRITING | OPEN), OPEN);
     gate.fail_close.set(false);
-    access.read(&gate, Entry::Fresh).unwrap().finish().unwrap();
+    access.read(&gate, Entry::Fresh, None).unwrap().finish().unwrap();
     assert_eq!(gate.open_for.get(), None);
-    access.close(|| Ok(())).unwrap();
+    access.close(&gate, || Ok(())).unwrap();
 }
 
 #[test]
@@ -236,11 +236,11 @@ fn failed_open_leaves_no_reader_counted() {
     let access = Access::new();
     let gate = FakeGate::default();
     gate.fail_open.set(true);
-    assert!(access.read(&gate, Entry::Fresh).is_err());
+    assert!(access.read(&gate, Entry::Fresh, None).is_err());
     assert!(access.write(&gate).is_err());
     assert_eq!(access.state(), 0);
     gate.fail_open.set(false);
-    access.read(&gate, Entry::Fresh).unwrap().finish().unwrap();
+    access.read(&gate, Entry::Fresh, None).unwrap().finish().unwrap();
 }
 
 #[test]
@@ -249,19 +249,19 @@ fn close_refuses_new_accesses_and_runs_teardown_once() {
     let gate = FakeGate::default();
     let teardowns = Cell::new(0);
     access
-        .close(|| {
+        .close(&gate, || {
             teardowns.set(teardowns.get() + 1);
             Ok(())
         })
         .unwrap();
-    access.close(|| panic!("teardown ran twice")).unwrap();
+    access.close(&gate, || panic!("teardown ran twice")).unwrap();
     assert_eq!(teardowns.get(), 1);
     assert!(matches!(
-        access.read(&gate, Entry::Fresh),
+        access.read(&gate, Entry::Fresh, None),
         Err(Error::Closed)
     ));
     assert!(matches!(
-        access.read(&gate, Entry::HoldingAnother),
+        access.read(&gate, Entry::HoldingAnother, None),
         Err(Error::Closed)
     ));
     assert!(matches!(access.write(&gate), Err(Error::Closed)));
@@ -272,7 +272,7 @@ fn close_refuses_new_accesses_and_runs_teardown_once() {
 fn dropping_a_held_access_releases_it() {
     let access = Access::new();
     let gate = FakeGate::default();
-    drop(access.read(&gate, Entry::Fresh).unwrap());
+    drop(access.read(&gate, Entry::Fresh, None).unwrap());
     assert_eq!(access.state(), 0);
     assert_eq!(gate.open_for.get(), None);
     drop(access.write(&gate).unwrap());
@@ -283,8 +283,8 @@ fn dropping_a_held_access_releases_it() {
 fn nested_read_joins_while_a_read_is_held() {
     let access = Access::new();
     let gate = FakeGate::default();
-    let outer = access.read(&gate, Entry::Fresh).unwrap();
-    let inner = access.read(&gate, Entry::Nested).unwrap();
+    let outer = access.read(&gate, Entry::Fresh, None).unwrap();
+    let inner = access.read(&gate, Entry::Nested, None).unwrap();
     assert_eq!(gate.opens.get(), 1);
     inner.finish().unwrap();
     assert_eq!(gate.closes.get(), 0);
@@ -493,12 +493,12 @@ fn crossed_reads_of_two_secrets_pass_writers_waiting_on_both() {
         let (report_tx, report_rx) = mpsc::channel();
         let (step_tx, step_rx) = mpsc::channel::<()>();
         let handle = thread::spawn(move || {
-            let outer = first.access.read(&first.gate, Entry::Fresh).unwrap();
+            let outer = first.access.read(&first.gate, Entry::Fresh, None).unwrap();
             report_tx.send(true).unwrap();
             if step_rx.recv().is_err() {
                 return;
             }
-            let inner = second.access.read(&second.gate, Entry::HoldingAnother);
+            let inner = second.access.read(&second.gate, Entry::HoldingAnother, None);
             report_tx.send(inner.is_ok()).unwrap();
             let _ = step_rx.recv();
             inner.unwrap().finish().unwrap();
@@ -538,14 +538,14 @@ fn crossed_reads_of_two_secrets_pass_writers_waiting_on_both() {
 fn close_in_forked_child_marks_closed_and_released_once_without_waiting() {
     let access = Access::new();
     let gate = FakeGate::default();
-    let held = access.read(&gate, Entry::Fresh).unwrap();
+    let held = access.read(&gate, Entry::Fresh, None).unwrap();
     let before = access.state();
     assert!(access.close_in_forked_child(), "the first call tears down");
     assert!(!access.close_in_forked_child(), "later calls do not");
     assert!(!access.close_in_forked_child());
     assert!(access.is_closed());
     assert_eq!(access.state(), before | CLOSED | RELEASED);
-    access.close(|| panic!("torn down twice")).unwrap();
+    access.close(&gate, || panic!("torn down twice")).unwrap();
     // In the child the read belongs to the parent's memory: ending it touches nothing.
     gate.inherited.set(true);
     assert!(matches!(held.finish(), Err(Error::Forked)));
@@ -575,7 +575,7 @@ fn close_in_forked_child_returns_while_another_thread_holds_the_mutex() {
         thread::spawn(move || {
             let first = shared.access.close_in_forked_child();
             let second = shared.access.close_in_forked_child();
-            let later_close = shared.access.close(|| panic!("torn down twice"));
+            let later_close = shared.access.close(&shared.gate, || panic!("torn down twice"));
             closed_tx
                 .send((first, second, later_close.is_ok()))
                 .unwrap();
@@ -598,7 +598,7 @@ fn ending_an_inherited_access_returns_forked_and_touches_nothing() {
             let access = Access::new();
             let gate = FakeGate::default();
             let held = match mode {
-                Mode::Read => access.read(&gate, Entry::Fresh).unwrap(),
+                Mode::Read => access.read(&gate, Entry::Fresh, None).unwrap(),
                 Mode::Write => access.write(&gate).unwrap(),
             };
             let state = access.state();

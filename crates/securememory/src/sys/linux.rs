@@ -206,3 +206,31 @@ pub(super) unsafe fn map_secretmem(addr: NonNull<u8>, len: usize) -> io::Result<
         Ok(())
     }
 }
+
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`—Makes every running thread of the process
+/// execute a full memory barrier before this returns. Registers the process on first use (and
+/// again in a forked child, which starts unregistered). `false` where the kernel refuses it
+/// (before 4.14, or a seccomp policy): callers then fall back to waiting with a timeout.
+///
+/// # References
+/// - [Linux](https://man7.org/linux/man-pages/man2/membarrier.2.html)
+#[cfg_attr(loom, allow(dead_code))] // The model checks stand in a fence.
+pub(super) fn barrier_all_threads() -> bool {
+    const PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+    const REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+    static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if REFUSED.load(Ordering::Relaxed) {
+        return false;
+    }
+    let membarrier = |command: libc::c_int| {
+        // SAFETY: membarrier takes a command, flags and a CPU id, and touches no memory of ours.
+        unix::check_syscall(unsafe { libc::syscall(libc::SYS_membarrier, command, 0, 0) })
+    };
+    let done = membarrier(PRIVATE_EXPEDITED).is_ok()
+        || (membarrier(REGISTER_PRIVATE_EXPEDITED).is_ok()
+            && membarrier(PRIVATE_EXPEDITED).is_ok());
+    if !done {
+        REFUSED.store(true, Ordering::Relaxed);
+    }
+    done
+}

@@ -428,6 +428,27 @@ pub(crate) fn process_epoch() -> u64 {
     os::process_epoch()
 }
 
+/// Makes every running thread of the process pass a full memory barrier before this returns
+/// (`membarrier(2)` on Linux, `FlushProcessWriteBuffers` on Windows): the expensive side of an
+/// asymmetric fence. `false` where the OS has no such call.
+#[cfg_attr(loom, allow(dead_code))] // The model checks stand in a fence.
+pub(crate) fn barrier_all_threads() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        os::barrier_all_threads()
+    }
+    #[cfg(windows)]
+    {
+        // SAFETY: FlushProcessWriteBuffers takes nothing and cannot fail.
+        unsafe { windows_sys::Win32::System::Threading::FlushProcessWriteBuffers() };
+        true
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
+    {
+        false
+    }
+}
+
 /// Installs the fork handlers (and, on Linux, the epoch's witness page) if that has not happened
 /// yet. Call it before anything worth protecting exists, so that no fork goes unseen.
 pub(crate) fn install_fork_handlers() {

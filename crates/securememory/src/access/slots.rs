@@ -1,0 +1,250 @@
+//! Reader slots: how a reader of a secret opened per thread (a protection key) announces itself
+//! without writing a cache line that other readers write.
+//!
+//! Every thread that reads such secrets claims one [`Line`] of a process-wide table, once, and
+//! keeps it until it exits. A read *publishes* the secret's address in a free entry of the
+//! thread's own line, issues one full fence, and then checks the secret's state word (a load:
+//! the line stays shared in every reader's cache). Writers and `close` do the mirror image: they
+//! set a flag in the state word with a read-modify-write, fence, and scan the table for entries
+//! naming the secret. Of a reader and a writer racing, at least one sees the other (the classic
+//! store-buffering pattern with a fence on each side): either the reader sees the flag and backs
+//! off to the counted path, or the writer sees the entry and waits for it to go. This is the
+//! biased reader-writer lock of Dice and Kogan (BRAVO, USENIX ATC 2019), with a slot per thread
+//! instead of a hashed one, so two threads never share a line.
+//!
+//! Leaving needs no fence: the reader clears its entry and, when the state word says someone
+//! may be waiting, notifies. A waiter that still sees the entry first forces every thread of the
+//! process through a full barrier (`membarrier(2)`, [`barrier_all_threads`]) and looks again, so
+//! a leaving reader either is seen gone or sees the waiter's flag and wakes it. Where no such
+//! barrier exists the waiter looks again after a short sleep instead.
+//!
+//! # Forks
+//!
+//! A forked child inherits the table, with entries of the parent's threads that do not exist
+//! there. Each line records the process epoch it was claimed in; scans skip lines of other
+//! epochs, and a thread whose line is from an earlier epoch claims one afresh. A line of an
+//! earlier epoch is free for the taking.
+
+use crate::sync::{fence, AtomicU64, AtomicUsize, Ordering};
+
+/// Reads one thread may have published at once (nested reads of different secrets); further ones
+/// take the counted path.
+const ENTRIES: usize = 7;
+
+/// Threads that can hold a line at once; threads beyond take the counted path.
+#[cfg(not(loom))]
+const LINES: usize = 256;
+#[cfg(loom)]
+const LINES: usize = 3;
+
+/// A line no thread owns.
+const FREE: u64 = 0;
+/// A line being taken over: its entries are being cleared.
+const CLAIMING: u64 = u64::MAX;
+
+/// One thread's slots. Aligned to two cache lines, which is what the adjacent-line prefetcher
+/// of x86 CPUs moves together: a reader's publication never disturbs another reader's line.
+#[repr(align(128))]
+pub(crate) struct Line {
+    /// The epoch of the process that claimed the line ([`FREE`] or [`CLAIMING`] otherwise).
+    owner: AtomicU64,
+    /// Addresses of the secrets (their `Access`) that the owner is reading; zero when free. Only
+    /// the owner writes them.
+    entries: [AtomicUsize; ENTRIES],
+    /// Lets a model check leave the publication fence out, to show that it is needed.
+    #[cfg(loom)]
+    pub(crate) publication_fence: std::sync::atomic::AtomicBool,
+}
+
+impl Line {
+    fn new() -> Line {
+        Line {
+            owner: AtomicU64::new(FREE),
+            entries: std::array::from_fn(|_| AtomicUsize::new(0)),
+            #[cfg(loom)]
+            publication_fence: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Publishes a read of `address` and fences; `None` when every entry is taken. Called by the
+    /// owner only.
+    #[inline]
+    pub(crate) fn publish(&self, address: usize) -> Option<&AtomicUsize> {
+        // Relaxed: only the owner writes its entries, so it reads its own last store.
+        let entry = self
+            .entries
+            .iter()
+            .find(|entry| entry.load(Ordering::Relaxed) == 0)?;
+        // Relaxed: the fence below orders it before the state word's load.
+        entry.store(address, Ordering::Relaxed);
+        #[cfg(loom)]
+        let fenced = self.publication_fence.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(loom))]
+        let fenced = true;
+        if fenced {
+            // The store above, then the caller's load of the state word: a writer or closer sets
+            // its flag, fences, then scans. One of the two sees the other.
+            fence(Ordering::SeqCst);
+        }
+        Some(entry)
+    }
+}
+
+/// Clears a published entry. Release: the read it covered happens before a writer or closer
+/// that sees the entry clear.
+#[inline]
+pub(crate) fn withdraw(entry: &AtomicUsize) {
+    entry.store(0, Ordering::Release);
+}
+
+/// The process-wide table of lines.
+pub(crate) struct Table {
+    lines: Box<[Line]>,
+    /// One past the highest line ever claimed: scans stop there.
+    claimed: AtomicUsize,
+}
+
+impl Table {
+    fn new() -> Table {
+        Table {
+            lines: (0..LINES).map(|_| Line::new()).collect(),
+            claimed: AtomicUsize::new(0),
+        }
+    }
+
+    /// Claims a line for a thread of the process in `epoch`: a free one, or one left by a
+    /// process this one was forked from. `None` when every line is taken.
+    pub(crate) fn claim(&self, epoch: u64) -> Option<&Line> {
+        debug_assert!(epoch != FREE && epoch != CLAIMING);
+        for (index, line) in self.lines.iter().enumerate() {
+            // Relaxed: a guess for the CAS, which acquires.
+            let owner = line.owner.load(Ordering::Relaxed);
+            if owner == CLAIMING || owner == epoch {
+                continue;
+            }
+            if line
+                .owner
+                .compare_exchange(owner, CLAIMING, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            // Entries of a thread of an earlier process; no scan looks at a CLAIMING line.
+            for entry in &line.entries {
+                entry.store(0, Ordering::Relaxed);
+            }
+            // Release: a scanner that sees the epoch sees the cleared entries. A reader's own
+            // publication fence orders this before anything it publishes.
+            line.owner.store(epoch, Ordering::Release);
+            self.claimed.fetch_max(index + 1, Ordering::Release);
+            return Some(line);
+        }
+        None
+    }
+
+    /// Gives a line back when its thread exits. A line with an entry still published (a thread
+    /// that ended inside a read) is kept out of use for good.
+    #[cfg_attr(loom, allow(dead_code))]
+    fn release(&self, line: &Line) {
+        if line
+            .entries
+            .iter()
+            .all(|entry| entry.load(Ordering::Relaxed) == 0)
+        {
+            // Release: the next owner's claim sees the entries clear.
+            line.owner.store(FREE, Ordering::Release);
+        }
+    }
+
+    /// Whether a thread of the process in `epoch` has a read of `address` published. The caller
+    /// has set its flag in the secret's state word with a read-modify-write and fenced since.
+    pub(crate) fn published(&self, address: usize, epoch: u64) -> bool {
+        // Acquire: pairs with the claim's Release, so the lines scanned are set up.
+        let claimed = self.claimed.load(Ordering::Acquire);
+        self.lines[..claimed].iter().any(|line| {
+            // Acquire, here and for the entries: a cleared entry's read happened before.
+            line.owner.load(Ordering::Acquire) == epoch
+                && line
+                    .entries
+                    .iter()
+                    .any(|entry| entry.load(Ordering::Acquire) == address)
+        })
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) fn table() -> &'static Table {
+    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
+    TABLE.get_or_init(Table::new)
+}
+
+#[cfg(loom)]
+pub(crate) fn table() -> &'static Table {
+    ::loom::lazy_static! {
+        static ref TABLE: Table = Table::new();
+    }
+    &TABLE
+}
+
+/// The line this thread has claimed.
+#[cfg(not(loom))]
+struct Claimed {
+    line: std::cell::Cell<Option<&'static Line>>,
+    /// The epoch the line was claimed in (zero before the first claim): another one means this
+    /// thread is now in a forked child and must claim afresh.
+    epoch: std::cell::Cell<u64>,
+}
+
+#[cfg(not(loom))]
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.get() {
+            table().release(line);
+        }
+    }
+}
+
+#[cfg(not(loom))]
+thread_local! {
+    static CLAIMED: Claimed = const {
+        Claimed {
+            line: std::cell::Cell::new(None),
+            epoch: std::cell::Cell::new(FREE),
+        }
+    };
+}
+
+/// The calling thread's line in the process of `epoch`, claimed on first use; `None` when the
+/// table is full (this thread then reads through the counted path for good) or the thread is
+/// exiting.
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn this_threads_line(epoch: u64) -> Option<&'static Line> {
+    CLAIMED
+        .try_with(|claimed| {
+            if claimed.epoch.get() == epoch {
+                return claimed.line.get();
+            }
+            claim_for_this_thread(claimed, epoch)
+        })
+        .ok()
+        .flatten()
+}
+
+#[cfg(not(loom))]
+#[cold]
+fn claim_for_this_thread(claimed: &Claimed, epoch: u64) -> Option<&'static Line> {
+    // A line from an earlier epoch belongs to a process this one was forked from; the claim
+    // below may take it back.
+    let line = table().claim(epoch);
+    claimed.line.set(line);
+    claimed.epoch.set(epoch);
+    line
+}
+
+/// The model checks hand lines to their threads themselves; the library built for them (never
+/// run) reads through the counted path.
+#[cfg(loom)]
+pub(crate) fn this_threads_line(_epoch: u64) -> Option<&'static Line> {
+    None
+}

@@ -2,8 +2,13 @@
 //! peers.
 //!
 //! Groups are `lifecycle/32B/new-close` and `lifecycle/32B/create_random-close`; rows are
-//! `raw-sequence-<backing>` (the baseline), `secret-<backing>`, `secrets-crate`
-//! (`sodium_malloc` + `sodium_free`) and `memsec-<backing>` (malloc, mprotect to no access, mprotect back, free).
+//! `raw-sequence-<backing>` (the baseline of page protection), `secret-<backing>`
+//! (`Strategy::PageProtection`), `raw-sequence-protection-key` (the baseline of protection keys:
+//! the raw sequence of the default backing with `pkey_mprotect` tagging the pages instead of
+//! `mprotect(NONE)`, and the wipe under `WRPKRU` instead of `mprotect(RW)`),
+//! `secret-protection-key` (`Strategy::ProtectionKey`, the default backing; skipped where the CPU
+//! has no protection keys), `secrets-crate` (`sodium_malloc` + `sodium_free`) and
+//! `memsec-<backing>` (malloc, mprotect to no access, mprotect back, free).
 
 #[cfg(target_os = "linux")]
 mod common;
@@ -16,7 +21,7 @@ mod linux {
     #[cfg(feature = "peers-libsodium")]
     use securememory_bench::peers;
     use securememory_bench::peers::Memsec;
-    use securememory_bench::raw::{self, RawSecret};
+    use securememory_bench::raw::{self, RawKeyedSecret, RawSecret};
     use std::hint::black_box;
 
     const LEN: usize = 32;
@@ -38,6 +43,25 @@ mod linux {
                 b.iter(|| {
                     buf.copy_from_slice(&source);
                     let secret = factory.new(black_box(&mut buf)).expect("secret");
+                    secret.close().expect("closing a secret");
+                })
+            });
+        }
+        if let Some(keys) = common::protection_key() {
+            group.bench_function("raw-sequence-protection-key", |b| {
+                let mut buf = source.clone();
+                b.iter(|| {
+                    buf.copy_from_slice(&source);
+                    let raw = RawKeyedSecret::new(black_box(&mut buf), keys.raw_backing)
+                        .expect("raw secret");
+                    raw.close().expect("closing a raw secret");
+                })
+            });
+            group.bench_function("secret-protection-key", |b| {
+                let mut buf = source.clone();
+                b.iter(|| {
+                    buf.copy_from_slice(&source);
+                    let secret = keys.factory.new(black_box(&mut buf)).expect("secret");
                     secret.close().expect("closing a secret");
                 })
             });
@@ -73,6 +97,21 @@ mod linux {
             group.bench_function(format!("secret-{name}"), |b| {
                 b.iter(|| {
                     let secret = factory.create_random(black_box(LEN)).expect("secret");
+                    secret.close().expect("closing a secret");
+                })
+            });
+        }
+        if let Some(keys) = common::protection_key() {
+            group.bench_function("raw-sequence-protection-key", |b| {
+                b.iter(|| {
+                    let raw = RawKeyedSecret::random(black_box(LEN), keys.raw_backing)
+                        .expect("raw secret");
+                    raw.close().expect("closing a raw secret");
+                })
+            });
+            group.bench_function("secret-protection-key", |b| {
+                b.iter(|| {
+                    let secret = keys.factory.create_random(black_box(LEN)).expect("secret");
                     secret.close().expect("closing a secret");
                 })
             });

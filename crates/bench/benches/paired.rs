@@ -2,7 +2,15 @@
 //! short blocks (see `securememory_bench::paired`), so the ratio survives a noisy machine.
 //!
 //! Prints one line per comparison and writes them as JSON lines to `target/paired.json`, which
-//! `scripts/bench-report` reads. Arguments that are not flags filter comparisons by substring.
+//! `scripts/bench-report` reads; a comparison is named by its candidate row and its baseline row
+//! (one candidate may be compared with several baselines). Arguments that are not flags filter
+//! comparisons by substring of either name.
+//!
+//! Page protection (`secret-<backing>`, pinned to `Strategy::PageProtection`) is compared with
+//! the raw `mprotect` cycle and sequence; protection keys (`secret-protection-key`, skipped where
+//! the CPU has none) with the raw `WRPKRU` cycle (`raw-wrpkru`), the raw `mprotect` cycle of the
+//! same backing, itself without a busy sibling, itself on one thread (two threads' aggregate
+//! throughput), and the raw sequence with `pkey_mprotect` (`raw-sequence-protection-key`).
 
 #[cfg(target_os = "linux")]
 mod common;
@@ -14,7 +22,7 @@ fn main() {
     #[cfg(feature = "peers-libsodium")]
     use securememory_bench::peers;
     use securememory_bench::peers::Memsec;
-    use securememory_bench::raw::{self, RawSecret};
+    use securememory_bench::raw::{self, RawKeyedSecret, RawSecret};
     use securememory_bench::threads::{aggregate, BusySibling};
     use securememory_bench::touch;
     use std::hint::black_box;
@@ -25,6 +33,9 @@ fn main() {
     const LIFECYCLE_BLOCK: u64 = 60;
     // Long blocks for two threads, so their start-up at the barrier weighs little.
     const SHARED_BLOCK: u64 = 10_000;
+    // Protection-key accesses cost tens of nanoseconds: longer blocks still, so that starting
+    // the threads (or the busy sibling) between blocks leaves no trace in the block measured.
+    const KEY_THREADS_BLOCK: u64 = 100_000;
 
     fn timed(n: u64, mut op: impl FnMut()) -> Duration {
         let start = Instant::now();
@@ -47,7 +58,12 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let wanted = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f));
+    let wanted = |name: &str, baseline: &str| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| name.contains(f) || baseline.contains(f))
+    };
     let mut results: Vec<Paired> = Vec::new();
     let mut record = |p: Paired| {
         println!(
@@ -74,11 +90,12 @@ fn main() {
                 "1-thread"
             };
             let name = format!("access/32B/{mode}/secret-{backing}");
-            if wanted(&name) {
+            let baseline = format!("access/32B/{mode}/raw-mprotect-{backing}");
+            if wanted(&name, &baseline) {
                 let busy = sibling.then(BusySibling::start);
                 record(compare(
                     &name,
-                    &format!("access/32B/{mode}/raw-mprotect-{backing}"),
+                    &baseline,
                     rounds,
                     ACCESS_BLOCK,
                     |n| {
@@ -96,10 +113,11 @@ fn main() {
             }
         }
         let name = format!("access/32B/2-threads-shared/secret-{backing}");
-        if wanted(&name) {
+        let baseline = format!("access/32B/1-thread/secret-{backing}");
+        if wanted(&name, &baseline) {
             record(compare(
                 &name,
-                &format!("access/32B/1-thread/secret-{backing}"),
+                &baseline,
                 rounds / 4 + 1,
                 SHARED_BLOCK,
                 |n| {
@@ -117,7 +135,8 @@ fn main() {
             ));
         }
         let name = format!("access/32B/2-threads-shared-vs-own-raw/secret-{backing}");
-        if wanted(&name) {
+        let baseline = format!("access/32B/2-threads-own/raw-mprotect-{backing}");
+        if wanted(&name, &baseline) {
             let raws: Vec<std::sync::Mutex<RawSecret>> = (0..2)
                 .map(|_| {
                     let raw = RawSecret::new(&mut source.clone(), raw_backing).expect("raw");
@@ -126,7 +145,7 @@ fn main() {
                 .collect();
             record(compare(
                 &name,
-                &format!("access/32B/2-threads-own/raw-mprotect-{backing}"),
+                &baseline,
                 rounds / 4 + 1,
                 SHARED_BLOCK,
                 |n| {
@@ -147,12 +166,13 @@ fn main() {
             ));
         }
         let name = format!("reader/32B/read_to_end-{backing}");
-        if wanted(&name) {
+        let baseline = format!("reader/32B/with_bytes-{backing}");
+        if wanted(&name, &baseline) {
             let mut out = Vec::with_capacity(64);
             let mut copy = [0u8; 32];
             record(compare(
                 &name,
-                &format!("reader/32B/with_bytes-{backing}"),
+                &baseline,
                 rounds,
                 ACCESS_BLOCK,
                 |n| {
@@ -173,11 +193,12 @@ fn main() {
         }
         drop((secret, raw));
         let name = format!("lifecycle/32B/new-close/secret-{backing}");
-        if wanted(&name) {
+        let baseline = format!("lifecycle/32B/new-close/raw-sequence-{backing}");
+        if wanted(&name, &baseline) {
             let (mut a, mut b) = (source.clone(), source.clone());
             record(compare(
                 &name,
-                &format!("lifecycle/32B/new-close/raw-sequence-{backing}"),
+                &baseline,
                 rounds,
                 LIFECYCLE_BLOCK,
                 |n| {
@@ -196,10 +217,11 @@ fn main() {
             ));
         }
         let name = format!("lifecycle/32B/create_random-close/secret-{backing}");
-        if wanted(&name) {
+        let baseline = format!("lifecycle/32B/create_random-close/raw-sequence-{backing}");
+        if wanted(&name, &baseline) {
             record(compare(
                 &name,
-                &format!("lifecycle/32B/create_random-close/raw-sequence-{backing}"),
+                &baseline,
                 rounds,
                 LIFECYCLE_BLOCK,
                 |n| {
@@ -222,12 +244,13 @@ fn main() {
             ));
         }
         let name = format!("lifecycle/32B/new-close/memsec-{backing}");
-        if wanted(&name) {
+        let baseline = format!("lifecycle/32B/new-close/raw-sequence-{backing}");
+        if wanted(&name, &baseline) {
             let secretmem = backing == "secretmem";
             let mut b = source.clone();
             record(compare(
                 &name,
-                &format!("lifecycle/32B/new-close/raw-sequence-{backing}"),
+                &baseline,
                 rounds,
                 LIFECYCLE_BLOCK,
                 |n| timed(n, || drop(black_box(Memsec::new(&source, secretmem)))),
@@ -242,11 +265,182 @@ fn main() {
         }
     }
 
+    if let Some(keys) = common::protection_key() {
+        let secret = keys.factory.new(&mut source.clone()).expect("secret");
+        let wrpkru = RawKeyedSecret::new(&mut source.clone(), keys.raw_backing).expect("raw");
+        let mprotect = RawSecret::new(&mut source.clone(), keys.raw_backing).expect("raw");
+        let alone = "access/32B/1-thread/secret-protection-key";
+        let one_thread = |n| {
+            timed(n, || {
+                black_box(read(&secret));
+            })
+        };
+        let raw_wrpkru = "access/32B/1-thread/raw-wrpkru";
+        if wanted(alone, raw_wrpkru) {
+            let raw = |n| {
+                timed(n, || {
+                    black_box(wrpkru.access(touch));
+                })
+            };
+            record(compare(
+                alone,
+                raw_wrpkru,
+                rounds,
+                ACCESS_BLOCK,
+                one_thread,
+                raw,
+            ));
+        }
+        let raw_mprotect = format!("access/32B/1-thread/raw-mprotect-{}", keys.backing);
+        if wanted(alone, &raw_mprotect) {
+            let raw = |n| {
+                timed(n, || {
+                    black_box(mprotect.access(touch));
+                })
+            };
+            record(compare(
+                alone,
+                &raw_mprotect,
+                rounds,
+                ACCESS_BLOCK,
+                one_thread,
+                raw,
+            ));
+        }
+        let name = "access/32B/1-thread-busy-sibling/secret-protection-key";
+        if wanted(name, alone) {
+            let with_sibling = |n| {
+                let busy = BusySibling::start();
+                let elapsed = one_thread(n);
+                drop(busy);
+                elapsed
+            };
+            record(compare(
+                name,
+                alone,
+                rounds / 4 + 1,
+                KEY_THREADS_BLOCK,
+                with_sibling,
+                one_thread,
+            ));
+        }
+        let name = "access/32B/2-threads-shared/secret-protection-key";
+        if wanted(name, alone) {
+            let two_threads = |n| {
+                aggregate(2, n, |_, n| {
+                    for _ in 0..n {
+                        black_box(read(&secret));
+                    }
+                })
+            };
+            record(compare(
+                name,
+                alone,
+                rounds / 4 + 1,
+                KEY_THREADS_BLOCK,
+                two_threads,
+                one_thread,
+            ));
+        }
+        let name = "access/32B/2-threads-own/secret-protection-key";
+        if wanted(name, alone) {
+            let other = keys.factory.new(&mut source.clone()).expect("secret");
+            let own = [&secret, &other];
+            let two_threads = |n| {
+                aggregate(2, n, |index, n| {
+                    for _ in 0..n {
+                        black_box(read(own[index]));
+                    }
+                })
+            };
+            record(compare(
+                name,
+                alone,
+                rounds / 4 + 1,
+                KEY_THREADS_BLOCK,
+                two_threads,
+                one_thread,
+            ));
+        }
+        // The same scaling for the raw cycle: what two threads can gain on this machine at all.
+        for mode in ["2-threads-shared", "2-threads-own"] {
+            let name = format!("access/32B/{mode}/raw-wrpkru");
+            if !wanted(&name, raw_wrpkru) {
+                continue;
+            }
+            let other = RawKeyedSecret::new(&mut source.clone(), keys.raw_backing).expect("raw");
+            let pages = if mode == "2-threads-own" {
+                [&wrpkru, &other]
+            } else {
+                [&wrpkru, &wrpkru]
+            };
+            record(compare(
+                &name,
+                raw_wrpkru,
+                rounds / 4 + 1,
+                KEY_THREADS_BLOCK,
+                |n| {
+                    aggregate(2, n, |index, n| {
+                        for _ in 0..n {
+                            black_box(pages[index].access(touch));
+                        }
+                    })
+                },
+                |n| {
+                    timed(n, || {
+                        black_box(wrpkru.access(touch));
+                    })
+                },
+            ));
+        }
+        drop((secret, wrpkru, mprotect));
+        for (operation, group) in [
+            ("new", "new-close"),
+            ("create_random", "create_random-close"),
+        ] {
+            let name = format!("lifecycle/32B/{group}/secret-protection-key");
+            let baseline = format!("lifecycle/32B/{group}/raw-sequence-protection-key");
+            if !wanted(&name, &baseline) {
+                continue;
+            }
+            let (mut a, mut b) = (source.clone(), source.clone());
+            let random = operation == "create_random";
+            record(compare(
+                &name,
+                &baseline,
+                rounds,
+                LIFECYCLE_BLOCK,
+                |n| {
+                    timed(n, || {
+                        let secret = if random {
+                            keys.factory.create_random(32)
+                        } else {
+                            a.copy_from_slice(&source);
+                            keys.factory.new(&mut a)
+                        };
+                        secret.expect("secret").close().expect("close");
+                    })
+                },
+                |n| {
+                    timed(n, || {
+                        let raw = if random {
+                            RawKeyedSecret::random(32, keys.raw_backing)
+                        } else {
+                            b.copy_from_slice(&source);
+                            RawKeyedSecret::new(&mut b, keys.raw_backing)
+                        };
+                        raw.expect("raw").close().expect("close");
+                    })
+                },
+            ));
+        }
+    }
+
     let raw = RawSecret::new(&mut source.clone(), raw::RawBacking::Anonymous).expect("raw");
     #[cfg(feature = "peers-libsodium")]
     {
         let name = "access/32B/1-thread/secrets-crate";
-        if wanted(name) {
+        if wanted(name, "access/32B/1-thread/raw-mprotect-anonymous") {
             let sodium = peers::sodium(&source);
             record(compare(
                 name,
@@ -267,7 +461,7 @@ fn main() {
         }
     }
     let name = "access/32B/1-thread/memsec-anonymous";
-    if wanted(name) {
+    if wanted(name, "access/32B/1-thread/raw-mprotect-anonymous") {
         let memsec = Memsec::new(&source, false);
         record(compare(
             name,
@@ -289,7 +483,7 @@ fn main() {
     #[cfg(feature = "peers-libsodium")]
     {
         let name = "lifecycle/32B/new-close/secrets-crate";
-        if wanted(name) {
+        if wanted(name, "lifecycle/32B/new-close/raw-sequence-anonymous") {
             let mut b = source.clone();
             record(compare(
                 name,

@@ -5,7 +5,12 @@
 //! strace -f -c -o /tmp/new.txt target/release/examples/syscalls new-close secretmem 1000
 //! strace -f -c -o /tmp/raw.txt target/release/examples/syscalls raw-new-close secretmem 1000
 //! strace -f -e trace=mprotect -c target/release/examples/syscalls overlapping-reads anonymous 10000
+//! strace -f -c target/release/examples/syscalls access protection-key 10000
 //! ```
+//!
+//! `anonymous` and `secretmem` are `Strategy::PageProtection` with that backing (raw: the
+//! `mprotect` cycle and sequence); `protection-key` is `Strategy::ProtectionKey` with the default
+//! backing (raw: the `WRPKRU` cycle and the sequence with `pkey_mprotect`).
 //!
 //! Operations: `new-close`, `create_random-close`, `raw-new-close`, `raw-random-close`,
 //! `access`, `raw-access`, `two-readers` (two threads each making N reads of one secret),
@@ -14,23 +19,39 @@
 
 #[cfg(target_os = "linux")]
 fn main() {
-    use securememory::{Backing, ProtectedMemorySecretFactory, SecretFactory};
-    use securememory_bench::raw::{RawBacking, RawSecret};
+    use securememory::{Backing, ProtectedMemorySecretFactory, SecretFactory, Strategy};
+    use securememory_bench::raw::{self, RawBacking, RawKeyedSecret, RawSecret};
     use securememory_bench::touch;
     use std::hint::black_box;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: syscalls OPERATION anonymous|secretmem N";
+    let usage = "usage: syscalls OPERATION anonymous|secretmem|protection-key N";
     let operation = args.get(1).expect(usage).as_str();
-    let (backing, raw_backing) = match args.get(2).expect(usage).as_str() {
-        "anonymous" => (Backing::Anonymous, RawBacking::Anonymous),
-        "secretmem" => (Backing::SecretMem, RawBacking::SecretMem),
+    let default_backing = if raw::secretmem_available() {
+        RawBacking::SecretMem
+    } else {
+        RawBacking::Anonymous
+    };
+    let (backing, strategy, raw_backing) = match args.get(2).expect(usage).as_str() {
+        "anonymous" => (
+            Backing::Anonymous,
+            Strategy::PageProtection,
+            RawBacking::Anonymous,
+        ),
+        "secretmem" => (
+            Backing::SecretMem,
+            Strategy::PageProtection,
+            RawBacking::SecretMem,
+        ),
+        "protection-key" => (Backing::Auto, Strategy::ProtectionKey, default_backing),
         other => panic!("unknown backing {other}; {usage}"),
     };
+    let keyed = strategy == Strategy::ProtectionKey;
     let n: usize = args.get(3).expect(usage).parse().expect(usage);
     let factory = ProtectedMemorySecretFactory::builder()
         .backing(backing)
+        .strategy(strategy)
         .build();
     let source = [7u8; 32];
     let mut buf = source;
@@ -53,24 +74,36 @@ fn main() {
         "raw-new-close" => {
             for _ in 0..n {
                 buf.copy_from_slice(&source);
-                RawSecret::new(&mut buf, raw_backing)
-                    .expect("new")
-                    .close()
-                    .expect("close");
+                if keyed {
+                    let raw = RawKeyedSecret::new(&mut buf, raw_backing).expect("new");
+                    raw.close().expect("close");
+                } else {
+                    let raw = RawSecret::new(&mut buf, raw_backing).expect("new");
+                    raw.close().expect("close");
+                }
             }
         }
         "raw-random-close" => {
             for _ in 0..n {
-                RawSecret::random(32, raw_backing)
-                    .expect("random")
-                    .close()
-                    .expect("close");
+                if keyed {
+                    let raw = RawKeyedSecret::random(32, raw_backing).expect("random");
+                    raw.close().expect("close");
+                } else {
+                    let raw = RawSecret::random(32, raw_backing).expect("random");
+                    raw.close().expect("close");
+                }
             }
         }
         "access" => {
             let secret = factory.new(&mut buf).expect("new");
             for _ in 0..n {
                 black_box(secret.with_bytes(touch).expect("with_bytes"));
+            }
+        }
+        "raw-access" if keyed => {
+            let secret = RawKeyedSecret::new(&mut buf, raw_backing).expect("new");
+            for _ in 0..n {
+                black_box(secret.access(touch));
             }
         }
         "raw-access" => {

@@ -5,7 +5,8 @@
 //! - [`raw`]: the system-call sequences a perfect implementation would make, written directly
 //!   against `libc` with the same page layout as a `Secret` (`[guard][data][guard]`, the bytes
 //!   right-aligned against the trailing guard), so the ratio of a `Secret` to them is the cost of
-//!   the library itself;
+//!   the library itself; for protection keys, the same pages tagged with a key and opened with
+//!   `WRPKRU`;
 //! - [`threads`]: a sibling thread that spins on another CPU while a measurement runs (the
 //!   condition under which every `mprotect` downgrade costs a TLB shootdown), and an aggregate
 //!   timer for several threads working at once;

@@ -9,6 +9,19 @@
 //! | close | `mprotect(RW)`, wipe, `munlock`, `munmap` | `mprotect(RW)`, wipe, `munmap` |
 //!
 //! There is no locking, no state machine and no error recovery: this is the floor.
+//!
+//! A [`RawKeyedSecret`] is the floor of the protection-key strategy: the same mapping, tagged with
+//! a protection key of its own instead of made inaccessible, and opened for the calling thread
+//! only by writing its rights register (x86_64 PKU):
+//!
+//! | step | protection key |
+//! |---|---|
+//! | create | as above up to the copy, then `pkey_mprotect(data, RW, key)` (no `mprotect(NONE)`) |
+//! | access | `RDPKRU`, `WRPKRU` (key readable), read, `WRPKRU` (key denied): no system call |
+//! | close | `WRPKRU` (key writable), wipe, `WRPKRU` (key denied), `munlock` (anonymous only), `munmap` |
+//!
+//! The key is allocated once per process (`pkey_alloc` with access denied) and never freed;
+//! it is the benchmarks' own, not the library's.
 
 use std::io;
 use std::ptr::NonNull;
@@ -31,6 +44,9 @@ pub struct RawSecret {
     data_len: usize,
     len: usize,
     backing: RawBacking,
+    /// The protection key the data pages are tagged with, if any: teardown then opens the key
+    /// with `WRPKRU` to wipe instead of calling `mprotect`.
+    key: Option<u32>,
 }
 
 // SAFETY: a raw secret is an owned mapping; callers serialise protection changes themselves.
@@ -74,17 +90,23 @@ impl RawSecret {
     /// The first system call that fails; the mapping is removed again.
     pub fn random(len: usize, backing: RawBacking) -> io::Result<RawSecret> {
         let secret = Self::map(len, backing)?;
+        secret.fill_random()?;
+        secret.protect(libc::PROT_NONE)?;
+        Ok(secret)
+    }
+
+    fn fill_random(&self) -> io::Result<()> {
         let mut filled = 0;
-        while filled < len {
+        while filled < self.len {
             // SAFETY: the destination lies inside the writable data pages.
-            let n = unsafe { libc::getrandom(secret.bytes().add(filled).cast(), len - filled, 0) };
+            let n =
+                unsafe { libc::getrandom(self.bytes().add(filled).cast(), self.len - filled, 0) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
             filled += n as usize;
         }
-        secret.protect(libc::PROT_NONE)?;
-        Ok(secret)
+        Ok(())
     }
 
     fn map(len: usize, backing: RawBacking) -> io::Result<RawSecret> {
@@ -115,6 +137,7 @@ impl RawSecret {
             data_len,
             len,
             backing,
+            key: None,
         };
         if let Err(error) = secret.commit() {
             // SAFETY: exactly our mapping, unused from here on.
@@ -226,10 +249,24 @@ impl RawSecret {
     }
 
     fn teardown(&self) -> io::Result<()> {
-        self.protect(libc::PROT_READ | libc::PROT_WRITE)?;
-        // SAFETY: the pages are writable and this is the only reference to them.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(self.bytes(), self.len) };
-        zeroize::Zeroize::zeroize(bytes);
+        let wipe = || {
+            // SAFETY: the pages are writable and this is the only reference to them.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(self.bytes(), self.len) };
+            zeroize::Zeroize::zeroize(bytes);
+        };
+        match self.key {
+            Some(key) => {
+                // The pages stay read-write in the page tables; only this thread's rights deny
+                // the key, so opening it costs no system call.
+                let found = pkru::open(key, true);
+                wipe();
+                pkru::close(key, found);
+            }
+            None => {
+                self.protect(libc::PROT_READ | libc::PROT_WRITE)?;
+                wipe();
+            }
+        }
         if self.backing == RawBacking::Anonymous {
             // SAFETY: the data pages of our own mapping.
             check(unsafe { libc::munlock(self.data.as_ptr().cast(), self.data_len) })?;
@@ -243,6 +280,194 @@ impl Drop for RawSecret {
     fn drop(&mut self) {
         let _ = self.teardown();
     }
+}
+
+/// `PKEY_DISABLE_ACCESS` from `<sys/mman.h>` (not in the `libc` crate).
+const PKEY_DISABLE_ACCESS: libc::c_ulong = 0x1;
+
+/// The benchmarks' protection key, or why there is none (no PKU in the CPU or kernel, not
+/// x86_64, or every key of the process taken).
+///
+/// Allocated on first use with access denied on the calling thread (a new key is otherwise
+/// open there), and never freed: a key is per process and scarce (15 at most).
+pub fn protection_key() -> Result<u32, String> {
+    static KEY: std::sync::OnceLock<Result<u32, String>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        if !cfg!(target_arch = "x86_64") {
+            return Err("protection keys are measured on x86_64 only".to_string());
+        }
+        // SAFETY: pkey_alloc takes flags and initial rights and returns a key or -1.
+        let key = unsafe { libc::syscall(libc::SYS_pkey_alloc, 0, PKEY_DISABLE_ACCESS) };
+        if key < 0 {
+            return Err(format!("pkey_alloc: {}", io::Error::last_os_error()));
+        }
+        u32::try_from(key).map_err(|_| format!("pkey_alloc returned {key}"))
+    })
+    .clone()
+}
+
+/// The calling thread's protection-key rights register (PKRU).
+mod pkru {
+    /// The access-disable and write-disable bits of `key`.
+    fn bits(key: u32) -> (u32, u32) {
+        (1 << (2 * key), 1 << (2 * key + 1))
+    }
+
+    /// Opens `key` on this thread (writable when `write`) and returns the rights found, for
+    /// [`close`].
+    #[inline]
+    pub(super) fn open(key: u32, write: bool) -> u32 {
+        let found = read();
+        let (deny_access, deny_write) = bits(key);
+        let open = found & !deny_access;
+        write_rights(if write {
+            open & !deny_write
+        } else {
+            open | deny_write
+        });
+        found
+    }
+
+    /// Denies `key` on this thread again, keeping every other key's rights as `open` found them.
+    #[inline]
+    pub(super) fn close(key: u32, found: u32) {
+        write_rights(found | bits(key).0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    pub(super) fn read() -> u32 {
+        let rights: u32;
+        // SAFETY: RDPKRU reads a register (ECX must be 0). Only reached with a key from
+        // `protection_key`, so the CPU and kernel have PKU.
+        unsafe {
+            core::arch::asm!("rdpkru", in("ecx") 0, out("eax") rights, out("edx") _,
+                options(nomem, nostack, preserves_flags));
+        }
+        rights
+    }
+
+    /// Not `nomem`: the compiler must not move a touch of the secret across it.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn write_rights(rights: u32) {
+        // SAFETY: WRPKRU writes a register (ECX and EDX must be 0); PKU is present (see `read`).
+        // Changing rights is memory-safe: a denied touch faults.
+        unsafe {
+            core::arch::asm!("wrpkru", in("eax") rights, in("ecx") 0, in("edx") 0,
+                options(nostack, preserves_flags));
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) fn read() -> u32 {
+        unreachable!("no protection key can be had off x86_64")
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn write_rights(_: u32) {
+        unreachable!("no protection key can be had off x86_64")
+    }
+}
+
+/// Secret bytes in their own guarded page(s) tagged with [`protection_key`]: the floor of
+/// `Strategy::ProtectionKey`.
+///
+/// Unlike a [`RawSecret`], any number of threads may access it at once: each opens the key in
+/// its own rights register, and nothing is shared but the bytes they read.
+#[derive(Debug)]
+pub struct RawKeyedSecret {
+    secret: RawSecret,
+    key: u32,
+}
+
+// SAFETY: accesses only read the bytes, and the rights they change are the calling thread's.
+unsafe impl Sync for RawKeyedSecret {}
+
+impl RawKeyedSecret {
+    /// Maps a guarded region with `backing`, copies `bytes` into it, wipes `bytes`, and tags the
+    /// region with the benchmarks' protection key.
+    ///
+    /// # Errors
+    /// No protection key (`Unsupported`), or the first system call that fails; the mapping is
+    /// removed again.
+    pub fn new(bytes: &mut [u8], backing: RawBacking) -> io::Result<RawKeyedSecret> {
+        let key = key()?;
+        let secret = RawSecret::map(bytes.len(), backing)?;
+        // SAFETY: the data pages are readable and writable and nothing else refers to them.
+        let destination = unsafe { std::slice::from_raw_parts_mut(secret.bytes(), secret.len) };
+        destination.copy_from_slice(bytes);
+        zeroize::Zeroize::zeroize(bytes);
+        Self::tag(secret, key)
+    }
+
+    /// Maps a guarded region with `backing`, fills it from `getrandom(2)`, and tags it with the
+    /// benchmarks' protection key.
+    ///
+    /// # Errors
+    /// As for [`RawKeyedSecret::new`].
+    pub fn random(len: usize, backing: RawBacking) -> io::Result<RawKeyedSecret> {
+        let key = key()?;
+        let secret = RawSecret::map(len, backing)?;
+        secret.fill_random()?;
+        Self::tag(secret, key)
+    }
+
+    fn tag(mut secret: RawSecret, key: u32) -> io::Result<RawKeyedSecret> {
+        // SAFETY: the data pages of our own mapping.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pkey_mprotect,
+                secret.data.as_ptr(),
+                secret.data_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                key,
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        secret.key = Some(key);
+        Ok(RawKeyedSecret { secret, key })
+    }
+
+    /// The secret's length in bytes.
+    pub fn len(&self) -> usize {
+        self.secret.len
+    }
+
+    /// Always `false`: a raw secret holds at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.secret.len == 0
+    }
+
+    /// One access: `RDPKRU`, `WRPKRU` opening the key for reading, `action` on the bytes,
+    /// `WRPKRU` denying it again. No system call.
+    ///
+    /// A panic in `action` leaves the key open on this thread (no recovery: this is the floor).
+    #[inline]
+    pub fn access<R>(&self, action: impl FnOnce(&[u8]) -> R) -> R {
+        let found = pkru::open(self.key, false);
+        // SAFETY: the pages are mapped for the life of `self` and readable by this thread until
+        // the key is closed, after the slice's last use.
+        let secret = &self.secret;
+        let result = action(unsafe { std::slice::from_raw_parts(secret.bytes(), secret.len) });
+        pkru::close(self.key, found);
+        result
+    }
+
+    /// Wipes, unlocks and unmaps: `WRPKRU`, wipe, `WRPKRU`, `munlock` (anonymous only),
+    /// `munmap`.
+    ///
+    /// # Errors
+    /// The first system call that fails.
+    pub fn close(self) -> io::Result<()> {
+        self.secret.close()
+    }
+}
+
+fn key() -> io::Result<u32> {
+    protection_key().map_err(|reason| io::Error::new(io::ErrorKind::Unsupported, reason))
 }
 
 #[cfg(test)]
@@ -265,6 +490,53 @@ mod tests {
             );
             secret.close().unwrap();
             let random = RawSecret::random(4096, backing).unwrap();
+            assert_eq!(random.access(|b| b.len()), 4096);
+            random.close().unwrap();
+        }
+    }
+
+    #[test]
+    fn raw_keyed_secret_round_trips_with_both_backings() {
+        let key = match protection_key() {
+            Ok(key) => key,
+            Err(reason) => {
+                eprintln!("skipped: {reason}");
+                return;
+            }
+        };
+        let mut backings = vec![RawBacking::Anonymous];
+        if secretmem_available() {
+            backings.push(RawBacking::SecretMem);
+        }
+        for backing in backings {
+            let mut bytes = *b"0123456789abcdef0123456789abcdef";
+            let secret = RawKeyedSecret::new(&mut bytes, backing).unwrap();
+            assert_eq!(bytes, [0; 32]);
+            let rights = pkru::read();
+            assert_ne!(
+                rights & (1 << (2 * key)),
+                0,
+                "the key is denied between accesses"
+            );
+            assert_eq!(
+                secret.access(|b| b.to_vec()),
+                b"0123456789abcdef0123456789abcdef"
+            );
+            assert_eq!(
+                pkru::read(),
+                rights,
+                "an access leaves the rights as it found them"
+            );
+            std::thread::scope(|scope| {
+                scope.spawn(|| assert_eq!(secret.access(|b| b[31]), b'f'));
+            });
+            secret.close().unwrap();
+            assert_eq!(
+                pkru::read(),
+                rights,
+                "a close leaves the rights as it found them"
+            );
+            let random = RawKeyedSecret::random(4096, backing).unwrap();
             assert_eq!(random.access(|b| b.len()), 4096);
             random.close().unwrap();
         }

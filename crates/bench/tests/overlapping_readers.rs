@@ -8,13 +8,28 @@
 //!
 //! Two controls show the trap works: one `getpid()` in the window counts exactly one, and a read
 //! of a second secret that no one holds open (so the first reader has to `mprotect`) is trapped
-//! and fails.
+//! and fails. The secrets are pinned to `Strategy::PageProtection`, the strategy where only the
+//! first reader in changes the protection.
+//!
+//! Under `Strategy::ProtectionKey` an access opens the key in the calling thread's rights
+//! register, so even a lone read and a write make no system call; the second test counts them
+//! the same way (skipped where the CPU has no protection keys).
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
-use securememory::{Backing, ProtectedMemorySecretFactory, Secret, SecretFactory};
+use securememory::{Backing, ProtectedMemorySecretFactory, Secret, SecretFactory, Strategy};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// The counters are process-wide: the tests that count take turns.
+static COUNTING_TURN: Mutex<()> = Mutex::new(());
+
+fn counting_turn() -> MutexGuard<'static, ()> {
+    COUNTING_TURN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static TRAPPED: AtomicUsize = AtomicUsize::new(0);
@@ -152,6 +167,7 @@ fn count_in_trapped_thread(held: &Secret, lone: &Secret) -> Window {
 
 #[test]
 fn readers_joining_an_open_access_make_no_system_call() {
+    let _turn = counting_turn();
     install_handler();
     let mut backings = vec![Backing::Anonymous];
     if securememory_bench::raw::secretmem_available() {
@@ -160,6 +176,7 @@ fn readers_joining_an_open_access_make_no_system_call() {
     for backing in backings {
         let factory = ProtectedMemorySecretFactory::builder()
             .backing(backing)
+            .strategy(Strategy::PageProtection)
             .build();
         let held = factory.create_random(32).expect("a secret");
         let lone = factory.create_random(32).expect("a second secret");
@@ -215,4 +232,92 @@ fn readers_joining_an_open_access_make_no_system_call() {
         held.close().expect("close");
         lone.close().expect("close");
     }
+}
+
+struct KeyWindow {
+    getpid_traps: usize,
+    read_traps: usize,
+    read_failures: usize,
+    write_traps: usize,
+    write_failures: usize,
+}
+
+/// On the calling thread: trap every system call, then count those made by a `getpid()`, by
+/// 10,000 reads of `secret` (which no other thread holds) and by 10,000 writes.
+fn count_lone_accesses(secret: &Secret) -> KeyWindow {
+    // The first access on a thread may set up per-thread state; what is counted is every later
+    // one.
+    secret
+        .with_bytes(|bytes| black_box(bytes[0]))
+        .expect("a read");
+    secret
+        .with_bytes_mut(|bytes| black_box(bytes[0]))
+        .expect("a write");
+    trap_all_syscalls_of_this_thread();
+    COUNTING.store(true, Ordering::SeqCst);
+    // SAFETY: getpid has no preconditions.
+    black_box(unsafe { libc::getpid() });
+    let getpid_traps = TRAPPED.swap(0, Ordering::SeqCst);
+    let mut read_failures = 0;
+    for _ in 0..10_000 {
+        match secret.with_bytes(|bytes| bytes.iter().fold(0u8, |a, &b| a ^ b)) {
+            Ok(sum) => {
+                black_box(sum);
+            }
+            Err(_) => read_failures += 1,
+        }
+    }
+    let read_traps = TRAPPED.swap(0, Ordering::SeqCst);
+    let mut write_failures = 0;
+    for _ in 0..10_000 {
+        if secret.with_bytes_mut(|bytes| bytes[0] ^= 1).is_err() {
+            write_failures += 1;
+        }
+    }
+    let write_traps = TRAPPED.swap(0, Ordering::SeqCst);
+    COUNTING.store(false, Ordering::SeqCst);
+    KeyWindow {
+        getpid_traps,
+        read_traps,
+        read_failures,
+        write_traps,
+        write_failures,
+    }
+}
+
+#[test]
+fn protection_key_reads_and_writes_make_no_system_call() {
+    if let Err(reason) = securememory::system::check_protection_keys() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let _turn = counting_turn();
+    install_handler();
+    let factory = ProtectedMemorySecretFactory::builder()
+        .strategy(Strategy::ProtectionKey)
+        .build();
+    let secret = factory.create_random(32).expect("a secret");
+    // A fresh thread: the seccomp filter stays with the thread that installed it.
+    let window = std::thread::scope(|scope| {
+        scope
+            .spawn(|| count_lone_accesses(&secret))
+            .join()
+            .expect("the trapped thread")
+    });
+    assert_eq!(window.getpid_traps, 1, "the trap must see getpid()");
+    assert_eq!(window.read_failures, 0, "lone reads failed");
+    assert_eq!(
+        window.read_traps,
+        0,
+        "10,000 lone reads made system calls (last: {})",
+        LAST_TRAPPED.load(Ordering::SeqCst)
+    );
+    assert_eq!(window.write_failures, 0, "writes failed");
+    assert_eq!(
+        window.write_traps,
+        0,
+        "10,000 writes made system calls (last: {})",
+        LAST_TRAPPED.load(Ordering::SeqCst)
+    );
+    secret.close().expect("close");
 }

@@ -17,20 +17,26 @@ pub fn criterion() -> Criterion {
 }
 
 /// The backings measured on this machine: each with its name, its factory and its raw twin.
+///
+/// The factories are pinned to `Strategy::PageProtection`, so `secret-<backing>` rows measure
+/// the `mprotect` strategy against the raw `mprotect` cycle whatever `Strategy::Auto` resolves
+/// to on this machine.
 pub fn backings() -> Vec<(&'static str, ProtectedMemorySecretFactory, RawBacking)> {
+    let page_protection = |backing| {
+        ProtectedMemorySecretFactory::builder()
+            .backing(backing)
+            .strategy(Strategy::PageProtection)
+            .build()
+    };
     let mut all = vec![(
         "anonymous",
-        ProtectedMemorySecretFactory::builder()
-            .backing(Backing::Anonymous)
-            .build(),
+        page_protection(Backing::Anonymous),
         RawBacking::Anonymous,
     )];
     if raw::secretmem_available() {
         all.push((
             "secretmem",
-            ProtectedMemorySecretFactory::builder()
-                .backing(Backing::SecretMem)
-                .build(),
+            page_protection(Backing::SecretMem),
             RawBacking::SecretMem,
         ));
     } else {
@@ -44,17 +50,39 @@ pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| i as u8).collect()
 }
 
-/// A factory for `Strategy::ProtectionKey`, where this machine has protection keys.
-pub fn protection_key_factory() -> Option<ProtectedMemorySecretFactory> {
-    match securememory::system::check_protection_keys() {
-        Ok(()) => Some(
-            ProtectedMemorySecretFactory::builder()
-                .strategy(Strategy::ProtectionKey)
-                .build(),
-        ),
-        Err(reason) => {
-            eprintln!("protection-key rows are skipped: {reason}");
-            None
-        }
+/// What the protection-key rows measure: the library under `Strategy::ProtectionKey` with the
+/// default backing, and the raw floor (`raw-wrpkru`, `raw-sequence-protection-key`) on the same
+/// backing.
+pub struct ProtectionKeyRows {
+    /// A factory for `Strategy::ProtectionKey` with the default backing.
+    pub factory: ProtectedMemorySecretFactory,
+    /// The backing the factory's secrets get (secret memory where the kernel offers it).
+    pub raw_backing: RawBacking,
+    /// The name of that backing in the page-protection rows (`raw-mprotect-<backing>`).
+    pub backing: &'static str,
+}
+
+/// The protection-key fixture, where this machine has protection keys for the library and for
+/// the raw baselines; `None`, with a note, where it has not (the rows are then skipped).
+pub fn protection_key() -> Option<ProtectionKeyRows> {
+    let available = securememory::system::check_protection_keys()
+        .map_err(|error| error.to_string())
+        .and_then(|()| raw::protection_key().map(drop));
+    if let Err(reason) = available {
+        eprintln!("protection-key rows are skipped: {reason}");
+        return None;
     }
+    // `Backing::Auto` puts secrets in secret memory where the kernel offers it.
+    let (raw_backing, backing) = if raw::secretmem_available() {
+        (RawBacking::SecretMem, "secretmem")
+    } else {
+        (RawBacking::Anonymous, "anonymous")
+    };
+    Some(ProtectionKeyRows {
+        factory: ProtectedMemorySecretFactory::builder()
+            .strategy(Strategy::ProtectionKey)
+            .build(),
+        raw_backing,
+        backing,
+    })
 }

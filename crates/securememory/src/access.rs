@@ -221,7 +221,10 @@ impl Access {
             Entry::HoldingAnother => HOLDING_ANOTHER_BLOCKERS,
         };
         if let Some(line) = line {
-            debug_assert!(!gate.shared(), "readers publish only where memory opens per thread");
+            debug_assert!(
+                !gate.shared(),
+                "readers publish only where memory opens per thread"
+            );
             if let Some(published) = self.try_publish(line, blockers) {
                 return Ok(Held::new(self, gate, Hold::Published(published)));
             }
@@ -290,8 +293,7 @@ impl Access {
                 self.changed.wait(waiting);
             } else {
                 // No barrier: a reader's withdrawal may go unseen by both sides for a moment.
-                self.changed
-                    .wait_timeout(waiting, Duration::from_millis(1));
+                self.changed.wait_timeout(waiting, Duration::from_millis(1));
             }
         }
         waited
@@ -715,11 +717,7 @@ enum Hold<'a> {
 
 impl<'a, G: Gate> Held<'a, G> {
     fn new(access: &'a Access, gate: &'a G, hold: Hold<'a>) -> Self {
-        Held {
-            access,
-            gate,
-            hold,
-        }
+        Held { access, gate, hold }
     }
 
     /// Ends the access. [`Error::Forked`] when the memory was inherited through a fork.

@@ -78,7 +78,9 @@ impl Line {
         // Relaxed: the fence below orders it before the state word's load.
         entry.store(address, Ordering::Relaxed);
         #[cfg(loom)]
-        let fenced = self.publication_fence.load(std::sync::atomic::Ordering::Relaxed);
+        let fenced = self
+            .publication_fence
+            .load(std::sync::atomic::Ordering::Relaxed);
         #[cfg(not(loom))]
         let fenced = true;
         if fenced {
@@ -247,4 +249,93 @@ fn claim_for_this_thread(claimed: &Claimed, epoch: u64) -> Option<&'static Line>
 #[cfg(loom)]
 pub(crate) fn this_threads_line(_epoch: u64) -> Option<&'static Line> {
     None
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_published_read_is_seen_by_scans_of_its_epoch_only() {
+        let table = Table::new();
+        let line = table.claim(7).unwrap();
+        let entry = line.publish(0x1000).unwrap();
+        assert!(table.published(0x1000, 7));
+        assert!(!table.published(0x2000, 7), "another secret");
+        assert!(!table.published(0x1000, 8), "a forked child's scan");
+        withdraw(entry);
+        assert!(!table.published(0x1000, 7));
+    }
+
+    #[test]
+    fn a_line_holds_reads_of_several_secrets_until_it_is_full() {
+        let table = Table::new();
+        let line = table.claim(1).unwrap();
+        let entries: Vec<_> = (1..=ENTRIES)
+            .map(|n| line.publish(n * 0x1000).expect("a free entry"))
+            .collect();
+        assert!(line.publish(0x9999_0000).is_none(), "a full line");
+        withdraw(entries[3]);
+        assert!(std::ptr::eq(line.publish(0xabc0).unwrap(), entries[3]));
+        assert!((1..=ENTRIES)
+            .filter(|&n| n != 4)
+            .all(|n| table.published(n * 0x1000, 1)));
+    }
+
+    #[test]
+    fn lines_are_claimed_once_each_and_reused_after_release() {
+        let table = Table::new();
+        let lines: Vec<&Line> = (0..LINES).map(|_| table.claim(1).unwrap()).collect();
+        assert!(table.claim(1).is_none(), "every line is taken");
+        let distinct: std::collections::HashSet<*const Line> =
+            lines.iter().map(|line| *line as *const Line).collect();
+        assert_eq!(distinct.len(), LINES);
+        assert_eq!(table.claimed.load(Ordering::Relaxed), LINES);
+        table.release(lines[5]);
+        assert!(std::ptr::eq(table.claim(1).unwrap(), lines[5]));
+    }
+
+    #[test]
+    fn a_line_left_with_a_read_published_is_never_reused() {
+        let table = Table::new();
+        let line = table.claim(1).unwrap();
+        line.publish(0x1000).unwrap();
+        table.release(line);
+        assert!(!std::ptr::eq(table.claim(1).unwrap(), line));
+        assert!(table.published(0x1000, 1));
+    }
+
+    /// A forked child inherits the parent's lines with the reads its threads had published; the
+    /// child's scans ignore them, and its threads take the lines over, cleared.
+    #[test]
+    fn a_forked_child_takes_over_the_parents_lines_cleared() {
+        let table = Table::new();
+        let parent = table.claim(1).unwrap();
+        parent.publish(0x1000).unwrap();
+        assert!(!table.published(0x1000, 2));
+        let child = table.claim(2).unwrap();
+        assert!(std::ptr::eq(child, parent), "the stale line is taken over");
+        assert!(!table.published(0x1000, 1), "its entries were cleared");
+        assert!(child.publish(0x1000).is_some());
+        assert!(table.published(0x1000, 2));
+    }
+
+    #[test]
+    fn this_threads_line_is_claimed_once_and_given_back_when_the_thread_exits() {
+        let epoch = 0x5eed_0001;
+        let (first, again, line) = std::thread::spawn(move || {
+            let first = this_threads_line(epoch).unwrap();
+            let again = this_threads_line(epoch).unwrap();
+            (
+                first as *const Line as usize,
+                again as *const Line as usize,
+                first,
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(first, again);
+        // The thread is gone: its line is free again (and maybe another thread's already).
+        assert_ne!(line.owner.load(Ordering::Acquire), epoch);
+    }
 }

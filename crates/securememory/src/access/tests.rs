@@ -120,15 +120,17 @@ fn spawn_reader(
     let (entered_tx, entered_rx) = mpsc::channel();
     let (leave_tx, leave_rx) = mpsc::channel::<()>();
     let shared = Arc::clone(shared);
-    let handle = thread::spawn(move || match shared.access.read(&shared.gate, entry, None) {
-        Ok(held) => {
-            assert_eq!(shared.gate.protection.load(Ordering::SeqCst), 1);
-            entered_tx.send(Ok(())).unwrap();
-            let _ = leave_rx.recv();
-            held.finish().unwrap();
-        }
-        Err(error) => entered_tx.send(Err(error)).unwrap(),
-    });
+    let handle = thread::spawn(
+        move || match shared.access.read(&shared.gate, entry, None) {
+            Ok(held) => {
+                assert_eq!(shared.gate.protection.load(Ordering::SeqCst), 1);
+                entered_tx.send(Ok(())).unwrap();
+                let _ = leave_rx.recv();
+                held.finish().unwrap();
+            }
+            Err(error) => entered_tx.send(Err(error)).unwrap(),
+        },
+    );
     (entered_rx, leave_tx, handle)
 }
 
@@ -226,7 +228,11 @@ fn failed_reprotect_after_write_is_remembered() {
     assert!(held.finish().is_err());
     assert_eq!(access.state() & (WRITING | OPEN), OPEN);
     gate.fail_close.set(false);
-    access.read(&gate, Entry::Fresh, None).unwrap().finish().unwrap();
+    access
+        .read(&gate, Entry::Fresh, None)
+        .unwrap()
+        .finish()
+        .unwrap();
     assert_eq!(gate.open_for.get(), None);
     access.close(&gate, || Ok(())).unwrap();
 }
@@ -240,7 +246,11 @@ fn failed_open_leaves_no_reader_counted() {
     assert!(access.write(&gate).is_err());
     assert_eq!(access.state(), 0);
     gate.fail_open.set(false);
-    access.read(&gate, Entry::Fresh, None).unwrap().finish().unwrap();
+    access
+        .read(&gate, Entry::Fresh, None)
+        .unwrap()
+        .finish()
+        .unwrap();
 }
 
 #[test]
@@ -254,7 +264,9 @@ fn close_refuses_new_accesses_and_runs_teardown_once() {
             Ok(())
         })
         .unwrap();
-    access.close(&gate, || panic!("teardown ran twice")).unwrap();
+    access
+        .close(&gate, || panic!("teardown ran twice"))
+        .unwrap();
     assert_eq!(teardowns.get(), 1);
     assert!(matches!(
         access.read(&gate, Entry::Fresh, None),
@@ -498,7 +510,9 @@ fn crossed_reads_of_two_secrets_pass_writers_waiting_on_both() {
             if step_rx.recv().is_err() {
                 return;
             }
-            let inner = second.access.read(&second.gate, Entry::HoldingAnother, None);
+            let inner = second
+                .access
+                .read(&second.gate, Entry::HoldingAnother, None);
             report_tx.send(inner.is_ok()).unwrap();
             let _ = step_rx.recv();
             inner.unwrap().finish().unwrap();
@@ -575,7 +589,9 @@ fn close_in_forked_child_returns_while_another_thread_holds_the_mutex() {
         thread::spawn(move || {
             let first = shared.access.close_in_forked_child();
             let second = shared.access.close_in_forked_child();
-            let later_close = shared.access.close(&shared.gate, || panic!("torn down twice"));
+            let later_close = shared
+                .access
+                .close(&shared.gate, || panic!("torn down twice"));
             closed_tx
                 .send((first, second, later_close.is_ok()))
                 .unwrap();
@@ -618,4 +634,207 @@ fn ending_an_inherited_access_returns_forked_and_touches_nothing() {
             );
         }
     }
+}
+
+/// A gate that opens per thread (protection keys): nothing to expose or conceal for everyone, so
+/// readers publish in their threads' lines instead of counting themselves in the state word.
+#[derive(Default)]
+struct PerThreadGate {
+    torn_down: AtomicBool,
+}
+
+impl Gate for PerThreadGate {
+    fn expose(&self, _: Mode) -> Result<(), Error> {
+        assert!(
+            !self.torn_down.load(Ordering::SeqCst),
+            "opened after teardown"
+        );
+        Ok(())
+    }
+    fn conceal(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+struct PerThread {
+    access: Access,
+    gate: PerThreadGate,
+}
+
+fn per_thread() -> Arc<PerThread> {
+    Arc::new(PerThread {
+        access: Access::new(),
+        gate: PerThreadGate::default(),
+    })
+}
+
+/// Whether some thread has a read of `access` published.
+fn published(access: &Access) -> bool {
+    slots::table().published(access.address(), 1)
+}
+
+/// Starts a thread that reads with `entry` through its own line, reports whether it got in and
+/// whether the read was published (rather than counted), then holds it until `leave` is sent.
+fn spawn_line_reader(
+    shared: &Arc<PerThread>,
+    entry: Entry,
+) -> (
+    mpsc::Receiver<Result<bool, Error>>,
+    mpsc::Sender<()>,
+    thread::JoinHandle<()>,
+) {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (leave_tx, leave_rx) = mpsc::channel::<()>();
+    let shared = Arc::clone(shared);
+    let handle = thread::spawn(move || {
+        let line = this_threads_line(shared.gate.epoch());
+        assert!(line.is_some(), "no reader line for a new thread");
+        match shared.access.read(&shared.gate, entry, line) {
+            Ok(held) => {
+                assert!(!shared.gate.torn_down.load(Ordering::SeqCst));
+                let counted = readers(shared.access.state()) > 0;
+                entered_tx.send(Ok(!counted)).unwrap();
+                let _ = leave_rx.recv();
+                held.finish().unwrap();
+            }
+            Err(error) => entered_tx.send(Err(error)).unwrap(),
+        }
+    });
+    (entered_rx, leave_tx, handle)
+}
+
+fn spawn_per_thread_writer(
+    shared: &Arc<PerThread>,
+) -> (mpsc::Receiver<()>, mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (leave_tx, leave_rx) = mpsc::channel::<()>();
+    let shared = Arc::clone(shared);
+    let handle = thread::spawn(move || {
+        let held = shared.access.write(&shared.gate).unwrap();
+        assert!(
+            !published(&shared.access),
+            "a writer beside a published reader"
+        );
+        entered_tx.send(()).unwrap();
+        let _ = leave_rx.recv();
+        held.finish().unwrap();
+    });
+    (entered_rx, leave_tx, handle)
+}
+
+#[test]
+fn published_reads_leave_the_state_word_untouched() {
+    let shared = per_thread();
+    let line = this_threads_line(shared.gate.epoch());
+    let outer = shared
+        .access
+        .read(&shared.gate, Entry::Fresh, line)
+        .unwrap();
+    assert_eq!(
+        shared.access.state(),
+        0,
+        "a read wrote the shared state word"
+    );
+    assert!(published(&shared.access));
+    let inner = shared
+        .access
+        .read(&shared.gate, Entry::Nested, line)
+        .unwrap();
+    assert_eq!(
+        shared.access.state(),
+        0,
+        "a nested read wrote the state word"
+    );
+    inner.finish().unwrap();
+    assert!(
+        published(&shared.access),
+        "the nested read ended the outer one"
+    );
+    outer.finish().unwrap();
+    assert!(!published(&shared.access));
+    assert_eq!(shared.access.state(), 0);
+}
+
+#[test]
+fn a_writer_waits_for_published_readers_and_fresh_readers_queue_behind_it() {
+    let shared = per_thread();
+    let (early_in, early_leave, early) = spawn_line_reader(&shared, Entry::Fresh);
+    assert!(expect_signal(&early_in, "the early reader got in").unwrap());
+    let (writer_in, writer_leave, writer) = spawn_per_thread_writer(&shared);
+    wait_until("the writer waits", || writers_waiting(&shared.access) == 1);
+    let (late_in, late_leave, late) = spawn_line_reader(&shared, Entry::Fresh);
+    wait_until("the late reader queues behind the writer", || {
+        readers_queued(&shared.access) == 1
+    });
+    assert!(writer_in.try_recv().is_err(), "the writer passed a reader");
+
+    early_leave.send(()).unwrap();
+    expect_signal(&writer_in, "the writer got in");
+    assert!(late_in.try_recv().is_err(), "a reader passed the writer");
+    writer_leave.send(()).unwrap();
+    // Queued on the slow path, the late reader is counted rather than published.
+    assert!(!expect_signal(&late_in, "the late reader got in").unwrap());
+    late_leave.send(()).unwrap();
+    for thread in [early, writer, late] {
+        thread.join().unwrap();
+    }
+    assert_idle(&shared.access);
+    assert!(!published(&shared.access));
+}
+
+#[test]
+fn a_reader_holding_another_secret_publishes_past_a_waiting_writer() {
+    let shared = per_thread();
+    let (first_in, first_leave, first) = spawn_line_reader(&shared, Entry::Fresh);
+    assert!(expect_signal(&first_in, "the first reader got in").unwrap());
+    let (writer_in, writer_leave, writer) = spawn_per_thread_writer(&shared);
+    wait_until("the writer waits", || writers_waiting(&shared.access) == 1);
+    let (other_in, other_leave, other) = spawn_line_reader(&shared, Entry::HoldingAnother);
+    assert!(expect_signal(&other_in, "the reader holding another got in").unwrap());
+    first_leave.send(()).unwrap();
+    first.join().unwrap();
+    assert!(writer_in.try_recv().is_err(), "the writer passed a reader");
+    other_leave.send(()).unwrap();
+    expect_signal(&writer_in, "the writer got in");
+    writer_leave.send(()).unwrap();
+    for thread in [writer, other] {
+        thread.join().unwrap();
+    }
+    assert_idle(&shared.access);
+}
+
+#[test]
+fn close_waits_for_a_published_reader_and_refuses_new_ones() {
+    let shared = per_thread();
+    let (reader_in, reader_leave, reader) = spawn_line_reader(&shared, Entry::Fresh);
+    assert!(expect_signal(&reader_in, "the reader got in").unwrap());
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let closer = {
+        let shared = Arc::clone(&shared);
+        thread::spawn(move || {
+            let result = shared.access.close(&shared.gate, || {
+                shared.gate.torn_down.store(true, Ordering::SeqCst);
+                Ok(())
+            });
+            closed_tx.send(result).unwrap();
+        })
+    };
+    wait_until("close starts", || shared.access.is_closed());
+    let (late_in, _late_leave, late) = spawn_line_reader(&shared, Entry::Fresh);
+    assert!(matches!(
+        expect_signal(&late_in, "the late reader was answered"),
+        Err(Error::Closed)
+    ));
+    assert!(closed_rx.try_recv().is_err(), "close did not wait");
+    assert!(!shared.gate.torn_down.load(Ordering::SeqCst));
+    reader_leave.send(()).unwrap();
+    expect_signal(&closed_rx, "close returned").unwrap();
+    assert!(shared.gate.torn_down.load(Ordering::SeqCst));
+    for thread in [reader, closer, late] {
+        thread.join().unwrap();
+    }
+    assert!(!published(&shared.access));
 }

@@ -20,7 +20,6 @@ use crate::access::{Gate, Mode};
 use crate::error::Error;
 use crate::policy::{Backing, MlockPolicy, Protection, Strategy};
 use crate::sys::{self, OsError, PageProtection, ProtectionKey, Shortage};
-use std::cell::Cell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -317,11 +316,13 @@ impl Region {
 
     /// Opens the calling thread's window onto the pages for the duration of the returned guard,
     /// where they are tagged with a protection key; does nothing under page protection (the
-    /// access protocol's expose has opened them for every thread).
+    /// access protocol's expose has opened them for every thread). `outermost` says that no
+    /// other window is open on this thread: closing it then closes the key whatever the rights
+    /// were when it opened.
     #[inline]
-    pub(crate) fn open_window(&self, mode: Mode) -> Window {
+    pub(crate) fn open_window(&self, mode: Mode, outermost: bool) -> Window {
         match self.key {
-            Some(key) => Window::open(key, mode == Mode::Write),
+            Some(key) => Window(Some((key, key.open(mode == Mode::Write), outermost))),
             None => Window(None),
         }
     }
@@ -435,33 +436,24 @@ impl Gate for Region {
     }
 }
 
-thread_local! {
-    /// Protection-key windows open on this thread (nested accesses, accesses to several
-    /// secrets): the last one to close closes the key.
-    static WINDOWS_OPEN: Cell<u32> = const { Cell::new(0) };
-}
-
 /// The calling thread's open protection-key window onto a region, closed on drop (panics
-/// included). Empty under page protection.
-pub(crate) struct Window(Option<(ProtectionKey, u32)>);
+/// included): the key, the rights found when it opened, and whether it is the thread's
+/// outermost window. Empty under page protection.
+pub(crate) struct Window(Option<(ProtectionKey, u32, bool)>);
 
 impl Window {
+    /// Whether a protection-key window was opened.
     #[inline]
-    fn open(key: ProtectionKey, write: bool) -> Window {
-        WINDOWS_OPEN.with(|open| open.set(open.get() + 1));
-        Window(Some((key, key.open(write))))
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.is_some()
     }
 }
 
 impl Drop for Window {
     #[inline]
     fn drop(&mut self) {
-        if let Some((key, found)) = self.0 {
-            let still_open = WINDOWS_OPEN.with(|open| {
-                open.set(open.get() - 1);
-                open.get()
-            });
-            key.close(found, still_open == 0);
+        if let Some((key, found, outermost)) = self.0 {
+            key.close(found, outermost);
         }
     }
 }

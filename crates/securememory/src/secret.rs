@@ -3,7 +3,7 @@
 use crate::access::{this_threads_line, Access, Entry, Gate, Mode};
 use crate::error::Error;
 use crate::policy::Protection;
-use crate::region::Region;
+use crate::region::{Region, Window};
 use std::cell::Cell;
 use std::fmt;
 use std::io;
@@ -69,10 +69,19 @@ struct Frame {
     access: *const Access,
     mode: Mode,
     outer: *const Frame,
+    /// Protection-key windows open on this thread, this frame's included: the outermost one
+    /// closes the key whatever the rights were when it opened.
+    windows: u32,
 }
 
 thread_local! {
     static INNERMOST: Cell<*const Frame> = const { Cell::new(ptr::null()) };
+}
+
+/// The innermost frame of this thread's accesses in progress (null when there is none).
+#[inline]
+fn innermost() -> *const Frame {
+    INNERMOST.with(Cell::get)
 }
 
 /// Links a frame for the duration of an access; unlinks it on drop, panics included.
@@ -95,18 +104,7 @@ impl Drop for Entered<'_> {
     }
 }
 
-/// What this thread already holds of `access` (its mode), and whether it is inside an access to
-/// any secret at all.
-#[inline]
-fn held_by_this_thread_and_any(access: &Access) -> (Option<Mode>, bool) {
-    let innermost = INNERMOST.with(Cell::get);
-    (held_from(innermost, access), !innermost.is_null())
-}
-
-fn held_by_this_thread(access: &Access) -> Option<Mode> {
-    held_from(INNERMOST.with(Cell::get), access)
-}
-
+/// What this thread already holds of `access`, searching from frame `innermost` outwards.
 #[inline]
 fn held_from(mut frame: *const Frame, access: &Access) -> Option<Mode> {
     while !frame.is_null() {
@@ -119,6 +117,13 @@ fn held_from(mut frame: *const Frame, access: &Access) -> Option<Mode> {
         frame = f.outer;
     }
     None
+}
+
+/// Protection-key windows open on this thread, from its innermost frame.
+#[inline]
+fn windows_open(innermost: *const Frame) -> u32 {
+    // SAFETY: as in `held_from`.
+    unsafe { innermost.as_ref() }.map_or(0, |frame| frame.windows)
 }
 
 impl Secret {
@@ -147,17 +152,18 @@ impl Secret {
     /// A panic in `action` propagates after the access is released.
     #[inline]
     pub fn with_bytes<R>(&self, action: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
-        let entry = match held_by_this_thread_and_any(&self.access) {
-            (Some(Mode::Read), _) => Entry::Nested,
-            (Some(Mode::Write), _) => {
+        let outer = innermost();
+        let entry = match held_from(outer, &self.access) {
+            Some(Mode::Read) => Entry::Nested,
+            Some(Mode::Write) => {
                 return Err(Error::Reentrant {
                     operation: "with_bytes",
                 })
             }
             // A writer waiting on this secret may be waiting for an access this thread holds
             // on another one: queueing behind it could deadlock.
-            (None, true) => Entry::HoldingAnother,
-            (None, false) => Entry::Fresh,
+            None if !outer.is_null() => Entry::HoldingAnother,
+            None => Entry::Fresh,
         };
         self.refuse_in_forked_child()?;
         // Memory opened per thread takes reads without a shared write: each thread publishes
@@ -168,21 +174,31 @@ impl Secret {
             this_threads_line(self.region.epoch())
         };
         let held = self.access.read(&self.region, entry, line)?;
-        let window = self.region.open_window(Mode::Read);
-        let frame = Frame {
-            access: &self.access,
-            mode: Mode::Read,
-            outer: INNERMOST.with(Cell::get),
-        };
+        let (window, frame) = self.open(Mode::Read, outer);
         let entered = Entered::link(&frame);
         // SAFETY: the read access just taken keeps the pages readable and unmapped-proof until
         // `held` is released, which happens after the slice's last use inside `action`.
         let bytes = unsafe { std::slice::from_raw_parts(self.region.bytes().as_ptr(), self.len()) };
         let result = action(bytes);
-        drop(entered);
         drop(window);
+        drop(entered);
         held.finish()?;
         Ok(result)
+    }
+
+    /// Opens the calling thread's window onto the memory (protection keys; nothing under page
+    /// protection) and makes the frame that records the access, to be linked inside `outer`.
+    #[inline]
+    fn open(&self, mode: Mode, outer: *const Frame) -> (Window, Frame) {
+        let windows_outside = windows_open(outer);
+        let window = self.region.open_window(mode, windows_outside == 0);
+        let frame = Frame {
+            access: &self.access,
+            mode,
+            outer,
+            windows: windows_outside + u32::from(window.is_open()),
+        };
+        (window, frame)
     }
 
     /// Runs `action` with exclusive, writable access to the secret's bytes.
@@ -203,30 +219,26 @@ impl Secret {
     /// # Ok::<(), securememory::Error>(())
     /// ```
     pub fn with_bytes_mut<R>(&self, action: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error> {
-        if held_by_this_thread(&self.access).is_some() {
+        let outer = innermost();
+        if held_from(outer, &self.access).is_some() {
             return Err(Error::Reentrant {
                 operation: "with_bytes_mut",
             });
         }
         self.refuse_in_forked_child()?;
         let held = self.access.write(&self.region)?;
-        let window = self.region.open_window(Mode::Write);
-        let frame = Frame {
-            access: &self.access,
-            mode: Mode::Write,
-            outer: INNERMOST.with(Cell::get),
-        };
+        let (window, frame) = self.open(Mode::Write, outer);
         let entered = Entered::link(&frame);
         // SAFETY: the exclusive write access keeps the pages writable and excludes every other
         // reference until `held` is released, after the slice's last use inside `action`.
         let bytes =
             unsafe { std::slice::from_raw_parts_mut(self.region.bytes().as_ptr(), self.len()) };
         let result = action(bytes);
-        drop(entered);
         // In a child forked from inside `action` the pages are not this process's to check (and
         // secret memory is not mapped at all); `finish` then reports `Forked`.
         let canary_intact = self.region.in_forked_child() || self.region.canary_intact();
         drop(window);
+        drop(entered);
         held.finish()?;
         if !canary_intact {
             return Err(Error::Corrupted);
@@ -288,7 +300,7 @@ impl Secret {
     /// [`Error::Corrupted`] when the canary before the secret was found overwritten (the secret
     /// is wiped and unmapped all the same).
     pub fn close(&self) -> Result<(), Error> {
-        if held_by_this_thread(&self.access).is_some() {
+        if held_from(innermost(), &self.access).is_some() {
             return Err(Error::Reentrant { operation: "close" });
         }
         if self.region.in_forked_child() {

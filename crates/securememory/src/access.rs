@@ -10,8 +10,14 @@
 //! variable for waiting; so the memory can never be closed under a reader that joined through the
 //! fast path (that needs [`OPEN`], which only a holder of the mutex clears).
 //!
+//! Where the memory opens per thread (a protection key: [`Gate::shared`] is false), readers do
+//! not count themselves in the state word, which every reader would then write: each publishes
+//! its read in its own thread's line (see [`slots`]) and only loads the state word. Writers and
+//! `close` find them by scanning the lines. Nested reads of the same secret on one thread are
+//! neither counted nor published: the outer read accounts for them.
+//!
 //! How memory is opened and closed is not this module's business: a [`Gate`] does it
-//! (`mprotect` today; protection keys or decrypt-into-scratch later). That also lets the protocol
+//! (`mprotect`, a protection key, or later decrypt-into-scratch). That also lets the protocol
 //! be model-checked with `loom` and fault-injected with a gate whose calls fail.
 //!
 //! # The state word
@@ -19,14 +25,15 @@
 //! | Part | Meaning | Set by | Cleared by |
 //! |------|---------|--------|------------|
 //! | [`CLOSED`] | no new access may begin | `close`, `close_in_forked_child` | never |
-//! | [`WRITING`] | one writer holds the memory | a writer getting in (mutex held) | `leave_write` (mutex held) |
+//! | [`WRITING`] | one writer holds the memory, or is about to once published readers are gone | a writer getting in (mutex held) | `leave_write`, a writer that found a published reader or failed to open (mutex held) |
 //! | [`WRITER_WAITING`] | `Waiting::writers` is not zero | a writer registering in `write` (mutex held) | the last registered writer to get in or give up (mutex held) |
 //! | [`OPEN`] | readable; readers may join without a protection change | the first reader in (mutex held); a failed conceal | the last reader out, a writer getting in (mutex held) |
 //! | [`RELEASED`] | the memory is torn down | `close` after its teardown; `close_in_forked_child` | never |
-//! | reader count | readers inside | the fast path (needs `OPEN`), a nested read (needs a reader inside), the slow path (mutex held) | `leave_read` (the last reader with the mutex held) |
+//! | reader count | counted readers inside | the fast path (needs `OPEN`), the slow path (mutex held) | `leave_read` (the last reader with the mutex held) |
 //!
 //! Which parts go together:
-//! - `WRITING` excludes `OPEN` and readers.
+//! - `WRITING` excludes `OPEN` and counted readers. Published readers may still be inside while
+//!   a writer that has just set it looks for them; finding one, it clears the flag again.
 //! - Readers are counted only with `OPEN`. `OPEN` with no reader means that closing the memory
 //!   failed (the next last reader, writer or `close` retries), that the last reader out left
 //!   it to a reader arriving on the slow path, or that the gate is not shared (it opens per

@@ -16,8 +16,11 @@ use std::ptr;
 /// inaccessible, so a stray read faults. The memory is locked (never swapped), excluded from core
 /// dumps and from forked children, and wiped when the secret is closed or dropped.
 ///
-/// Share a secret between threads with [`std::sync::Arc`]: readers on different threads overlap,
-/// and a reader that arrives while the memory is already open costs one atomic operation.
+/// Share a secret between threads with [`std::sync::Arc`]: readers on different threads overlap.
+/// Under [`Strategy::ProtectionKey`](crate::Strategy::ProtectionKey) a read makes no system call
+/// and writes no memory that another reader writes, so readers on different cores scale; under
+/// page protection a reader that arrives while the memory is already open costs one atomic
+/// operation, and the first one in and the last one out change the protection.
 ///
 /// # Accesses to several secrets
 ///

@@ -1,11 +1,12 @@
 //! `securemem doctor`: what this machine guarantees for secrets in memory, proven by running
 //! every probe against child processes.
 
-use crate::holder::{BackingArg, MlockArg, Policy};
+use crate::holder::{strategy_name, BackingArg, MlockArg, Policy, StrategyArg};
 use crate::limits::{LimitSource, Limits, MemlockLimit};
 use crate::machine::Machine;
 use crate::probe::{self, Finding, ProbeError, Refusal};
-use crate::spawn::HolderOptions;
+use crate::spawn::{HolderOptions, Ready};
+use securememory::Strategy;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The version of the JSON report's layout (`"schema"`), raised whenever a field changes
 /// meaning or goes away.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 /// Exit code: every required promise holds.
 pub const EXIT_OK: u8 = 0;
@@ -42,6 +43,15 @@ pub enum Status {
     Unavailable,
     /// The probe itself broke (a holder that could not be started, a hang): no verdict.
     Error,
+    /// Not a promise of the strategy the secrets got, because this machine cannot give the one
+    /// that makes it (no protection keys): the evidence says what is missing. It never fails the
+    /// exit code unless the promise is named with `--require`.
+    Skip,
+    /// Not a promise of the strategy the secrets got in this configuration (page protection
+    /// opens a secret to every thread during an access): the evidence says why that strategy.
+    /// It never fails the exit code unless the promise is named with `--require`.
+    #[serde(rename = "N/A")]
+    NotApplicable,
 }
 
 impl Status {
@@ -52,6 +62,8 @@ impl Status {
             Status::Fail => "FAIL",
             Status::Unavailable => "UNAVAILABLE",
             Status::Error => "ERROR",
+            Status::Skip => "SKIP",
+            Status::NotApplicable => "N/A",
         }
     }
 }
@@ -109,7 +121,7 @@ impl ProbeResult {
 /// One row of the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct PromiseRow {
-    /// `P1` ... `P7`.
+    /// `P1` ... `P8`.
     pub id: &'static str,
     /// The promise in words.
     pub promise: &'static str,
@@ -131,6 +143,9 @@ pub struct Requirement {
     /// Whether an `UNAVAILABLE` promise among them is accepted (only without `--require` and
     /// `--strict`).
     pub unavailable_allowed: bool,
+    /// Whether a promise among them that is not one of the probed strategy (`N/A`, `SKIP`) is
+    /// accepted (all but `--require`, which names promises that must PASS).
+    pub not_applicable_allowed: bool,
 }
 
 impl Default for Requirement {
@@ -139,12 +154,13 @@ impl Default for Requirement {
         Requirement {
             promises: PROMISES.iter().map(|&(id, _)| id).collect(),
             unavailable_allowed: true,
+            not_applicable_allowed: true,
         }
     }
 }
 
 impl Requirement {
-    /// Every promise must PASS (`--strict`).
+    /// Every promise of the probed strategy must PASS (`--strict`).
     pub fn strict() -> Self {
         Requirement {
             unavailable_allowed: false,
@@ -161,6 +177,7 @@ impl Requirement {
                 .filter(|id| ids.contains(id))
                 .collect(),
             unavailable_allowed: false,
+            not_applicable_allowed: false,
         }
     }
 
@@ -170,17 +187,18 @@ impl Requirement {
             "every available promise must hold (UNAVAILABLE is accepted; --require P1,... or \
              --strict to demand more)"
                 .into()
-        } else if self.promises.len() == PROMISES.len() {
-            "every promise must PASS (--strict)".into()
+        } else if self.not_applicable_allowed {
+            "every promise of the probed strategy must PASS (--strict; N/A and SKIP are accepted)"
+                .into()
         } else {
             format!("{} must PASS (--require)", self.promises.join(", "))
         }
     }
 
     /// The exit code for these rows: [`EXIT_NOT_HELD`] when a required promise FAILs, or is
-    /// UNAVAILABLE and that is not accepted; otherwise [`EXIT_PROBE_BROKEN`] when a required
-    /// promise could not be judged (ERROR); otherwise [`EXIT_OK`]. A promise found broken is
-    /// an answer even when another probe broke, so it decides first.
+    /// UNAVAILABLE, SKIP or N/A and that is not accepted; otherwise [`EXIT_PROBE_BROKEN`] when
+    /// a required promise could not be judged (ERROR); otherwise [`EXIT_OK`]. A promise found
+    /// broken is an answer even when another probe broke, so it decides first.
     pub fn exit_code(&self, rows: &[PromiseRow]) -> u8 {
         let required: Vec<Status> = rows
             .iter()
@@ -188,8 +206,11 @@ impl Requirement {
             .map(|r| r.status)
             .collect();
         let unavailable_counts = !self.unavailable_allowed;
+        let not_applicable_counts = !self.not_applicable_allowed;
         if required.contains(&Status::Fail)
             || (unavailable_counts && required.contains(&Status::Unavailable))
+            || (not_applicable_counts
+                && (required.contains(&Status::Skip) || required.contains(&Status::NotApplicable)))
         {
             EXIT_NOT_HELD
         } else if required.contains(&Status::Error) {
@@ -236,6 +257,10 @@ pub struct Report {
     pub machine: Machine,
     /// The factory settings the holders used.
     pub policy: Policy,
+    /// What `Strategy::Auto` resolves to here for the policy's backing, and why.
+    pub auto_strategy: AutoStrategy,
+    /// What the holders' secrets got (`Secret::protection`); `None` when no secret was created.
+    pub got: Option<Got>,
     /// Whose locked-memory limit the holders ran under.
     pub limits: Limits,
     /// Which promises must hold.
@@ -248,8 +273,43 @@ pub struct Report {
     pub ok: bool,
 }
 
+/// What `Strategy::Auto` resolves to on this machine, as the library decides it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AutoStrategy {
+    /// The backing it was asked for (the policy's).
+    pub backing: BackingArg,
+    /// `page-protection` or `protection-key`.
+    pub strategy: &'static str,
+    /// Why, in the library's words (`securememory::system::auto_strategy`).
+    pub reason: String,
+}
+
+impl AutoStrategy {
+    /// The library's answer for secrets with `backing`.
+    pub fn detect(backing: BackingArg) -> Self {
+        let (strategy, reason) = securememory::system::auto_strategy(backing.backing());
+        AutoStrategy {
+            backing,
+            strategy: strategy_name(strategy),
+            reason,
+        }
+    }
+}
+
+/// What a secret got, as the holders reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Got {
+    /// `secretmem` or `anonymous`.
+    pub backing: String,
+    /// `page-protection` or `protection-key`.
+    pub strategy: String,
+}
+
+/// The id of the promise that only a per-thread window keeps.
+pub const PER_THREAD: &str = "P8";
+
 /// The promises, in report order.
-pub const PROMISES: [(&str, &str); 7] = [
+pub const PROMISES: [(&str, &str); 8] = [
     ("P1", "never swapped to disk (locked in RAM)"),
     ("P2", "never in a core dump, gcore included"),
     ("P3", "unreadable while idle"),
@@ -257,9 +317,13 @@ pub const PROMISES: [(&str, &str); 7] = [
     ("P5", "not inherited by a forked child"),
     ("P6", "invisible to other processes, root included"),
     ("P7", "overflow and underflow are caught"),
+    (
+        PER_THREAD,
+        "another thread's read of a secret during an access faults",
+    ),
 ];
 
-/// The promise id as written in the report (`P1` ... `P7`), from user input (`p1` too).
+/// The promise id as written in the report (`P1` ... `P8`), from user input (`p1` too).
 ///
 /// # Errors
 /// A message naming the valid ids.
@@ -269,22 +333,30 @@ pub fn promise_id(text: &str) -> Result<&'static str, String> {
         .iter()
         .map(|&(id, _)| id)
         .find(|id| id.eq_ignore_ascii_case(wanted))
-        .ok_or_else(|| format!("unknown promise {wanted:?}: the promises are P1 to P7"))
+        .ok_or_else(|| format!("unknown promise {wanted:?}: the promises are P1 to P8"))
 }
 
-type ProbeFn = fn(&HolderOptions) -> Result<Finding, ProbeError>;
+/// A probe: it attacks a holder started with the options given.
+pub type ProbeFn = fn(&HolderOptions) -> Result<Finding, ProbeError>;
 
-struct ProbeSpec {
-    promise: &'static str,
-    name: &'static str,
-    alternative: Option<&'static str>,
-    run: ProbeFn,
+/// One probe of the suite.
+pub struct ProbeSpec {
+    /// The promise it tests.
+    pub promise: &'static str,
+    /// What it does, as the report names it.
+    pub name: &'static str,
+    /// Probes of one promise with an alternative tag stand in for each other.
+    pub alternative: Option<&'static str>,
+    /// The probe.
+    pub run: ProbeFn,
 }
 
 const KERNEL_DUMP: Option<&str> = Some("kernel core dump");
 const GCORE: Option<&str> = Some("gcore");
 
-fn probes() -> Vec<ProbeSpec> {
+/// Every probe doctor runs, in report order: the suite that `securemem doctor` and the tests
+/// share.
+pub fn probes() -> Vec<ProbeSpec> {
     let spec = |promise, name, alternative, run: ProbeFn| ProbeSpec {
         promise,
         name,
@@ -360,6 +432,12 @@ fn probes() -> Vec<ProbeSpec> {
             None,
             probe::fault::underflow_in_page,
         ),
+        spec(
+            PER_THREAD,
+            "another thread reads during an access",
+            None,
+            probe::fault::read_from_another_thread,
+        ),
     ]
 }
 
@@ -372,6 +450,8 @@ pub struct Context {
     pub policy: Policy,
     /// The holders' limits.
     pub limits: Limits,
+    /// What `Strategy::Auto` resolves to here.
+    pub auto: AutoStrategy,
 }
 
 /// Runs every probe (in parallel) and builds the report. `progress` is called with each row as
@@ -381,6 +461,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&PromiseRow, Duration)) -
         machine: Machine::detect(),
         policy: options.policy,
         limits: Limits::for_holders(options.memlock),
+        auto: AutoStrategy::detect(options.policy.backing),
     };
     let holder = HolderOptions::new(&options.exe)
         .with_policy(options.policy)
@@ -423,11 +504,22 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&PromiseRow, Duration)) -
         })
         .collect();
     let exit_code = options.requirement.exit_code(&promises);
+    let got = promises
+        .iter()
+        .flat_map(|p| &p.probes)
+        .filter_map(|p| p.finding.as_ref()?.ready.as_ref())
+        .map(|r| Got {
+            backing: r.backing.clone(),
+            strategy: r.strategy.clone(),
+        })
+        .next();
     Report {
         schema: SCHEMA,
         securemem_version: env!("CARGO_PKG_VERSION"),
         machine: context.machine,
         policy: context.policy,
+        auto_strategy: context.auto,
+        got,
         limits: context.limits,
         requirement: options.requirement.clone(),
         promises,
@@ -441,6 +533,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&PromiseRow, Duration)) -
 pub fn refusal_owner(refusal: &Refusal) -> &'static str {
     match refusal.error.as_str() {
         "BackingUnavailable" => "P6",
+        "StrategyUnavailable" => PER_THREAD,
         _ => "P1",
     }
 }
@@ -461,6 +554,10 @@ fn refusal_remedy(refusal: &Refusal, c: &Context) -> String {
         }
         "BackingUnavailable" => "use Backing::Auto, which falls back to anonymous memory, or a \
             kernel with memfd_secret (Linux 5.14+, booted with secretmem.enable=1 before 6.5)"
+            .into(),
+        "StrategyUnavailable" => "use Strategy::Auto, which takes protection keys only where \
+            they can be had, or run on an x86_64 CPU with protection keys (pku and ospke in \
+            /proc/cpuinfo)"
             .into(),
         other => format!(
             "the library cannot create a secret here ({other}): act on its message in the \
@@ -488,15 +585,29 @@ pub fn judge(
     let mut refusal: Option<Refusal> = None;
     let mut marker_backing = None;
     let mut reported_unlocked = false;
+    let got = probes
+        .iter()
+        .find_map(|p| p.finding.as_ref()?.ready.as_ref());
+    let got_strategy = got.map(|r| r.strategy.as_str());
+    // The per-thread promise is one of protection keys only: under another strategy its probe
+    // shows what that strategy does, and the row says why the secrets got it.
+    let not_a_promise = match got {
+        Some(r) if id == PER_THREAD && r.strategy != strategy_name(Strategy::ProtectionKey) => {
+            Some(not_a_promise_here(r, c))
+        }
+        _ => None,
+    };
     for p in &probes {
         match (&p.finding, &p.error) {
             (Some(f), _) => {
-                let verdict = if f.holds { "ok" } else { "BROKEN" };
-                evidence.push(format!(
-                    "{} [{verdict}]: {}",
-                    p.probe,
-                    f.facts_broken_first().join("; ")
-                ));
+                // What a probe saw where its promise does not apply is told in the order it
+                // happened, the outcome last.
+                let (verdict, facts) = match (f.holds, &not_a_promise) {
+                    (true, _) => ("ok", f.facts_broken_first()),
+                    (false, Some(_)) => ("seen", f.evidence.iter().map(String::as_str).collect()),
+                    (false, None) => ("BROKEN", f.facts_broken_first()),
+                };
+                evidence.push(format!("{} [{verdict}]: {}", p.probe, facts.join("; ")));
                 broken |= !f.holds;
                 broken_unexcused |= !f.holds && f.ready.is_none();
                 if let Some(r) = &f.ready {
@@ -563,21 +674,29 @@ pub fn judge(
     }
 
     let anonymous = marker_backing.as_deref() == Some("anonymous");
+    // How other processes read anonymous memory: through PROT_NONE, or past a protection key,
+    // which binds only the threads of the process itself.
+    let read_through = if got_strategy == Some(strategy_name(Strategy::ProtectionKey)) {
+        "through /proc/PID/mem and process_vm_readv, which protection keys do not stop"
+    } else {
+        "through /proc/PID/mem, which ignores PROT_NONE"
+    };
     // A probe that finds a promise broken is a FAIL, unless the mechanism behind the promise is
     // one this configuration does not have, in which case the promise is unavailable here.
     let excuse = match id {
         "P6" if anonymous => Some(match &m.memfd_secret {
-            Ok(()) if requested == BackingArg::Anonymous => "the secret is in anonymous memory \
-                (Backing::Anonymous was chosen): root reads it through /proc/PID/mem, which \
-                ignores PROT_NONE"
-                .to_string(),
-            Ok(()) => "memfd_secret works, but secret memory is charged to RLIMIT_MEMLOCK and \
-                the limit is reached, so Backing::Auto fell back to anonymous memory, which root \
-                reads through /proc/PID/mem"
-                .to_string(),
+            Ok(()) if requested == BackingArg::Anonymous => format!(
+                "the secret is in anonymous memory (Backing::Anonymous was chosen): root reads \
+                 it {read_through}"
+            ),
+            Ok(()) => format!(
+                "memfd_secret works, but secret memory is charged to RLIMIT_MEMLOCK and the \
+                 limit is reached, so Backing::Auto fell back to anonymous memory, which root \
+                 reads {read_through}"
+            ),
             Err(e) => format!(
                 "memfd_secret is unavailable ({e}), so secrets fall back to anonymous memory, \
-                 which root reads through /proc/PID/mem"
+                 which root reads {read_through}"
             ),
         }),
         "P1" if reported_unlocked && c.policy.mlock == MlockArg::Disabled => Some(
@@ -596,11 +715,14 @@ pub fn judge(
         _ => None,
     };
     let owned_refusal = refusal.as_ref().filter(|r| refusal_owner(r) == id);
-    let broken_for_real = broken_unexcused || (broken && excuse.is_none());
+    let broken_for_real =
+        broken_unexcused || (broken && excuse.is_none() && not_a_promise.is_none());
     let status = if broken_for_real || owned_refusal.is_some() {
         Status::Fail
     } else if errors {
         Status::Error
+    } else if let Some(not) = &not_a_promise {
+        not.status
     } else if refusal.is_some() || broken || !skip_reasons.is_empty() {
         Status::Unavailable
     } else {
@@ -623,6 +745,8 @@ pub fn judge(
         if broken {
             evidence.insert(0, reason.clone());
         }
+    } else if let (Some(not), Status::Skip | Status::NotApplicable) = (&not_a_promise, status) {
+        evidence.splice(0..0, not.evidence.iter().cloned());
     }
     if id == "P1" && m.swap_devices == 0 {
         evidence.push("this machine has no swap at the moment".into());
@@ -645,6 +769,7 @@ pub fn judge(
             excuse.is_some() && broken,
             &skip_reasons,
         )),
+        Status::Skip | Status::NotApplicable => not_a_promise.map(|not| not.remedy),
     };
     PromiseRow {
         id,
@@ -653,6 +778,77 @@ pub fn judge(
         remedy,
         evidence,
         probes,
+    }
+}
+
+/// Why a promise is not one of the strategy the secrets got, and what would make it one.
+struct NotAPromise {
+    /// `SKIP` (the machine lacks what would make it one) or `N/A` (the configuration chose so).
+    status: Status,
+    /// The reasons, first in the row's evidence.
+    evidence: Vec<String>,
+    /// What to do about it, if anything.
+    remedy: String,
+}
+
+/// The per-thread promise for secrets that got what `ready` says (not protection keys).
+fn not_a_promise_here(ready: &Ready, c: &Context) -> NotAPromise {
+    let key = strategy_name(Strategy::ProtectionKey);
+    let got = strategy_rust_name(&ready.strategy);
+    let what = format!(
+        "not a promise of {got}, which opens a secret to every thread of the process while any \
+         access to it runs"
+    );
+    let per_thread = "none needed for these secrets; for another thread's read to fault during \
+                      an access";
+    match (c.policy.strategy, &c.machine.protection_keys) {
+        (StrategyArg::Auto, Err(missing)) => NotAPromise {
+            status: Status::Skip,
+            evidence: vec![
+                format!("protection keys cannot be had here: {missing}"),
+                format!("so Strategy::Auto gave these secrets {got}: {what}"),
+            ],
+            remedy: format!(
+                "{per_thread}, run on an x86_64 CPU with protection keys (pku and ospke in \
+                 /proc/cpuinfo) under Linux 4.9 or later"
+            ),
+        },
+        (StrategyArg::Auto, Ok(())) => {
+            let why = if c.auto.strategy == ready.strategy {
+                c.auto.reason.clone()
+            } else {
+                format!(
+                    "{} put the secrets in {} memory (see P6), where a protection key would \
+                     leave them readable to other processes",
+                    c.auto.backing.rust_name(),
+                    ready.backing
+                )
+            };
+            NotAPromise {
+                status: Status::NotApplicable,
+                evidence: vec![what, format!("Strategy::Auto chose it: {why}")],
+                remedy: format!(
+                    "{per_thread}, keep secrets in secret memory (Backing::Auto on a kernel with \
+                     memfd_secret), where Strategy::Auto takes a protection key, or choose \
+                     Strategy::ProtectionKey (probe it with --strategy {key})"
+                ),
+            }
+        }
+        (chosen, _) => NotAPromise {
+            status: Status::NotApplicable,
+            evidence: vec![
+                what,
+                format!(
+                    "{} was chosen (--strategy {})",
+                    chosen.rust_name(),
+                    chosen.name()
+                ),
+            ],
+            remedy: format!(
+                "{per_thread}, choose Strategy::Auto or Strategy::ProtectionKey (probe it with \
+                 --strategy {key})"
+            ),
+        },
     }
 }
 
@@ -733,6 +929,40 @@ pub fn clip(line: &str, width: usize) -> String {
     out
 }
 
+/// The library's name of a strategy from its command-line spelling
+/// (`Strategy::ProtectionKey` for `protection-key`).
+pub fn strategy_rust_name(name: &str) -> String {
+    let camel: String = name
+        .split('-')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map_or(String::new(), |first| {
+                first.to_uppercase().chain(chars).collect()
+            })
+        })
+        .collect();
+    format!("Strategy::{camel}")
+}
+
+/// `text` broken at spaces into lines of at most `width` characters (a longer word stays whole).
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 impl Report {
     /// The backing the holders' secrets got, in words.
     pub fn backing_got(&self) -> String {
@@ -770,12 +1000,27 @@ impl Report {
         let _ = writeln!(out, "\nProbed in child processes");
         let _ = writeln!(
             out,
-            "  {:<26}{} ({}), {}",
+            "  {:<26}{} ({}), {}, {}{}",
             "policy",
             self.policy.backing.rust_name(),
             self.backing_got(),
-            self.policy.mlock.rust_name()
+            self.policy.mlock.rust_name(),
+            self.policy.strategy.rust_name(),
+            self.got
+                .as_ref()
+                .map_or(String::new(), |g| format!(" (got {})", g.strategy))
         );
+        let auto = &self.auto_strategy;
+        let picks = format!(
+            "picks {} for {} here: {}",
+            strategy_rust_name(auto.strategy),
+            auto.backing.rust_name(),
+            auto.reason
+        );
+        for (i, line) in wrap(&picks, EVIDENCE_WIDTH - 28).iter().enumerate() {
+            let label = if i == 0 { "Strategy::Auto" } else { "" };
+            let _ = writeln!(out, "  {label:<26}{line}");
+        }
         let _ = writeln!(out, "  {:<26}{}", "limits", self.limits.describe());
         if self.limits.source == LimitSource::Caller {
             let _ = writeln!(
@@ -786,8 +1031,20 @@ impl Report {
         }
         let _ = writeln!(out, "  {:<26}{}", "required", self.requirement.describe());
         let _ = writeln!(out, "\nPromises");
+        let width = self
+            .promises
+            .iter()
+            .map(|r| r.promise.chars().count() + 2)
+            .max()
+            .unwrap_or(0);
         for row in &self.promises {
-            let _ = writeln!(out, "  {} {:<46}{}", row.id, row.promise, row.status.word());
+            let _ = writeln!(
+                out,
+                "  {} {:<width$}{}",
+                row.id,
+                row.promise,
+                row.status.word()
+            );
             for e in &row.evidence {
                 let _ = writeln!(out, "{}", clip(&format!("       - {e}"), EVIDENCE_WIDTH));
             }
@@ -796,19 +1053,18 @@ impl Report {
             }
         }
         let count = |s: Status| self.promises.iter().filter(|p| p.status == s).count();
-        let errors = count(Status::Error);
+        let rare: String = [Status::Error, Status::Skip, Status::NotApplicable]
+            .into_iter()
+            .filter(|&s| count(s) > 0)
+            .map(|s| format!(", {} {}", count(s), s.word()))
+            .collect();
         let _ = writeln!(
             out,
-            "\n{}: {} PASS, {} FAIL, {} UNAVAILABLE{} (exit {})",
+            "\n{}: {} PASS, {} FAIL, {} UNAVAILABLE{rare} (exit {})",
             if self.ok { "OK" } else { "NOT OK" },
             count(Status::Pass),
             count(Status::Fail),
             count(Status::Unavailable),
-            if errors > 0 {
-                format!(", {errors} ERROR")
-            } else {
-                String::new()
-            },
             self.exit_code
         );
         out
@@ -824,7 +1080,169 @@ mod tests {
             machine: Machine::detect(),
             policy: Policy::default(),
             limits: Limits::for_holders(None),
+            auto: AutoStrategy::detect(BackingArg::Auto),
         }
+    }
+
+    /// A context on a machine without protection keys, whatever this one has.
+    fn context_without_keys() -> Context {
+        let mut c = context();
+        c.machine.protection_keys = Err("this CPU or kernel has no memory protection keys \
+            (x86 PKU, `pku` and `ospke` in /proc/cpuinfo): Invalid argument (os error 22)"
+            .into());
+        c.auto = AutoStrategy {
+            backing: BackingArg::Auto,
+            strategy: "page-protection",
+            reason: "no protection keys: this CPU or kernel has no memory protection keys".into(),
+        };
+        c
+    }
+
+    /// What a holder with `strategy` reported.
+    fn ready(strategy: &str) -> Ready {
+        Ready {
+            pid: 1,
+            addr: 0x1000,
+            len: 32,
+            backing: "secretmem".into(),
+            strategy: strategy.into(),
+            locked: true,
+            dump_excluded: true,
+            fork_protected: true,
+            guard_pages: true,
+            kernel_invisible: true,
+            canary: true,
+        }
+    }
+
+    /// The per-thread probe's result for a secret with `strategy`, the read refused or not.
+    fn other_thread(strategy: &str, faulted: bool) -> ProbeResult {
+        let mut f = Finding::new(PER_THREAD, "another thread reads", Some(&ready(strategy)));
+        f.saw("a thread without an access read addr=0x1000 len=32");
+        if faulted {
+            f.saw("killed by SIGSEGV (si_code SEGV_PKUERR, a protection key's fault, at 0x1000)");
+        } else {
+            f.broke("the read went through: the holder answered \"read len=32\"");
+        }
+        ProbeResult::new("another thread reads during an access", None, Ok(f))
+    }
+
+    fn p8(probe: ProbeResult, c: &Context) -> PromiseRow {
+        judge(PER_THREAD, "per thread", vec![probe], c)
+    }
+
+    #[test]
+    fn the_per_thread_promise_is_skipped_where_keys_are_missing_and_fails_no_exit_code() {
+        let c = context_without_keys();
+        let row = p8(other_thread("page-protection", false), &c);
+        assert_eq!(row.status, Status::Skip, "{row:?}");
+        assert!(
+            row.evidence[0].starts_with("protection keys cannot be had here: ")
+                && row.evidence[0].contains("pku"),
+            "the reason, plainly and first: {row:?}"
+        );
+        assert!(
+            row.evidence[1].contains("not a promise of Strategy::PageProtection"),
+            "{row:?}"
+        );
+        assert!(row.evidence[2].contains("[seen]") && row.evidence[2].ends_with("len=32\""));
+        assert!(
+            row.remedy.as_deref().unwrap_or("").contains("pku"),
+            "{row:?}"
+        );
+        let rows = [row];
+        assert_eq!(Requirement::default().exit_code(&rows), EXIT_OK);
+        assert_eq!(Requirement::strict().exit_code(&rows), EXIT_OK);
+        assert_eq!(
+            Requirement::listed(&[PER_THREAD]).exit_code(&rows),
+            EXIT_NOT_HELD
+        );
+    }
+
+    #[test]
+    fn the_per_thread_promise_is_not_applicable_under_page_protection() {
+        let mut c = context();
+        c.policy.strategy = StrategyArg::PageProtection;
+        let row = p8(other_thread("page-protection", false), &c);
+        assert_eq!(row.status, Status::NotApplicable, "{row:?}");
+        assert!(
+            row.evidence[1].contains("Strategy::PageProtection was chosen"),
+            "{row:?}"
+        );
+        assert!(row
+            .remedy
+            .as_deref()
+            .unwrap_or("")
+            .contains("--strategy protection-key"));
+        // Strategy::Auto that chose page protection says why, in the library's words.
+        let mut c = context();
+        c.auto = AutoStrategy {
+            backing: BackingArg::Anonymous,
+            strategy: "page-protection",
+            reason: "anonymous memory was asked for".into(),
+        };
+        let row = p8(other_thread("page-protection", false), &c);
+        if c.machine.protection_keys.is_ok() {
+            assert_eq!(row.status, Status::NotApplicable, "{row:?}");
+            assert_eq!(
+                row.evidence[1],
+                "Strategy::Auto chose it: anonymous memory was asked for"
+            );
+        }
+    }
+
+    #[test]
+    fn the_per_thread_promise_holds_only_when_the_read_faults_on_the_key() {
+        let c = context();
+        assert_eq!(
+            p8(other_thread("protection-key", true), &c).status,
+            Status::Pass
+        );
+        let row = p8(other_thread("protection-key", false), &c);
+        assert_eq!(row.status, Status::Fail, "{row:?}");
+        assert!(row.evidence[0].contains("[BROKEN]: the read went through"));
+        // Missing keys excuse nothing once the secret says it got one.
+        let row = p8(
+            other_thread("protection-key", false),
+            &context_without_keys(),
+        );
+        assert_eq!(row.status, Status::Fail, "{row:?}");
+    }
+
+    #[test]
+    fn an_unavailable_strategy_fails_the_per_thread_promise_and_leaves_the_others_unprobed() {
+        let c = context_without_keys();
+        let refused = || {
+            ProbeResult::new(
+                "probe",
+                None,
+                Err(ProbeError::Refused(Refusal {
+                    error: "StrategyUnavailable".into(),
+                    message: "Strategy::ProtectionKey is unavailable on this machine".into(),
+                })),
+            )
+        };
+        let row = p8(refused(), &c);
+        assert_eq!(row.status, Status::Fail, "{row:?}");
+        assert!(row.remedy.unwrap_or_default().contains("Strategy::Auto"));
+        let p3 = judge("P3", "idle", vec![refused()], &c);
+        assert_eq!(p3.status, Status::Unavailable);
+        assert!(p3.remedy.unwrap_or_default().contains("see P8"));
+    }
+
+    #[test]
+    fn strategy_names_and_wrapping() {
+        assert_eq!(
+            strategy_rust_name("protection-key"),
+            "Strategy::ProtectionKey"
+        );
+        assert_eq!(
+            strategy_rust_name("page-protection"),
+            "Strategy::PageProtection"
+        );
+        assert_eq!(wrap("aa bb cc dd", 5), ["aa bb", "cc dd"]);
+        assert_eq!(wrap("", 5), [""]);
+        assert_eq!(wrap("toolongword x", 4), ["toolongword", "x"]);
     }
 
     fn held(probe: &str, alternative: Option<&'static str>) -> ProbeResult {
@@ -956,6 +1374,7 @@ mod tests {
             row("P1", Status::Pass),
             row("P2", Status::Unavailable),
             row("P3", Status::Error),
+            row("P8", Status::NotApplicable),
         ];
         assert_eq!(Requirement::listed(&["P1"]).exit_code(&rows), EXIT_OK);
         assert_eq!(Requirement::listed(&["P2"]).exit_code(&rows), EXIT_NOT_HELD);
@@ -965,6 +1384,7 @@ mod tests {
         );
         assert_eq!(Requirement::default().exit_code(&rows), EXIT_PROBE_BROKEN);
         assert_eq!(Requirement::strict().exit_code(&rows), EXIT_NOT_HELD);
+        assert_eq!(Requirement::listed(&["P8"]).exit_code(&rows), EXIT_NOT_HELD);
         let mut failing = rows.clone();
         failing.push(row("P4", Status::Fail));
         assert_eq!(Requirement::default().exit_code(&failing), EXIT_NOT_HELD);
@@ -989,6 +1409,7 @@ mod tests {
     fn promise_ids_are_read_case_insensitively() {
         assert_eq!(promise_id("p6"), Ok("P6"));
         assert_eq!(promise_id(" P1 "), Ok("P1"));
-        assert!(promise_id("P8").is_err());
+        assert_eq!(promise_id("p8"), Ok("P8"));
+        assert!(promise_id("P9").is_err());
     }
 }

@@ -7,11 +7,14 @@
 //! that copy, and, once the access has ended, prints one `ready` line:
 //!
 //! ```text
-//! ready pid=1234 addr=0x7f.. len=32 backing=secretmem locked=true dump_excluded=true
-//!       fork_protected=true guard_pages=true kernel_invisible=true canary=true
+//! ready pid=1234 addr=0x7f.. len=32 backing=secretmem strategy=protection-key locked=true
+//!       dump_excluded=true fork_protected=true guard_pages=true kernel_invisible=true canary=true
 //! ```
 //!
-//! Then it reads one command per line on stdin and answers one line on stdout:
+//! Then it reads one command per line on stdin and answers one line on stdout. When the holder
+//! touches memory it may not (the point of several commands), its SIGSEGV/SIGBUS handler first
+//! writes `fault signal=N code=C addr=0x..` (the signal, `si_code` and `si_addr`) and then lets
+//! the fault kill the process, so the probe learns both how it died and why the CPU refused:
 //!
 //! | command | what it does | answer |
 //! |---|---|---|
@@ -19,8 +22,9 @@
 //! | `leave` | (inside only) ends the access | `left` |
 //! | `abort` | `std::process::abort()` (a kernel core dump), inside an access or not | — |
 //! | `close` | `Secret::close` | `closed` or `error <message>` |
-//! | `fork` | forks; the child reads the secret through the API and the raw pages | `child api=.. raw=..`, then `forked` |
+//! | `fork` | forks; the child reads the secret through the API and the raw pages (opening every protection key first where the secret has one) | `child api=.. raw=..` (with ` keys=opened` where it opened them), then `forked` |
 //! | `touch` | reads the raw address outside an access | dies of SIGSEGV, or `touched ..` |
+//! | `read-from-another-thread` | a second thread enters `with_bytes` and hands out the bytes' address; this thread reads them raw while that access runs | `reading addr=0x.. len=N`, then dies of SIGSEGV, or `read len=N` |
 //! | `overflow` | writes one byte past the end inside `with_bytes_mut` | dies of SIGSEGV, or `overflowed` |
 //! | `underflow` | writes one byte before the data page inside `with_bytes_mut` | dies of SIGSEGV, or `underflowed` |
 //! | `underflow-in-page` | inside `with_bytes_mut`, flips the byte right before the secret (inside its data page, where the canary is), then `close`s | `underflow-in-page with_bytes_mut=R close=R`, each `R` being `Ok`, `Corrupted` or another error's variant name; dies of SIGSEGV when that byte is not mapped |
@@ -31,11 +35,15 @@
 //! instead of the marker and exits with [`EXIT_REFUSED`].
 //!
 //! In memlock-limit mode (`--fill N`) it instead creates up to `N` small secrets and answers one
-//! line per secret (`created I backing=.. locked=..` or `error I <message>`), then `done`.
+//! line per secret (`created I backing=.. strategy=.. locked=..` or `error I <message>`), then
+//! `done`.
 
 use crate::limits::MemlockLimit;
-use securememory::{Backing, MlockPolicy, ProtectedMemorySecretFactory, Secret, SecretFactory};
+use securememory::{
+    Backing, MlockPolicy, ProtectedMemorySecretFactory, Secret, SecretFactory, Strategy,
+};
 use std::io::{self, Write};
+use std::sync::mpsc;
 
 /// The length of the marker secret, in bytes.
 pub const MARKER_LEN: usize = 32;
@@ -124,6 +132,57 @@ impl MlockArg {
     }
 }
 
+/// How an access opens the holder's secret (the factory's `Strategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyArg {
+    /// `Strategy::Auto`: protection keys for secrets in secret memory on a CPU that has them,
+    /// page protection otherwise (`securememory::system::auto_strategy` says which, and why).
+    #[default]
+    Auto,
+    /// `Strategy::PageProtection`.
+    PageProtection,
+    /// `Strategy::ProtectionKey`.
+    ProtectionKey,
+}
+
+impl StrategyArg {
+    /// The library's value.
+    pub fn strategy(self) -> Strategy {
+        match self {
+            StrategyArg::Auto => Strategy::Auto,
+            StrategyArg::PageProtection => Strategy::PageProtection,
+            StrategyArg::ProtectionKey => Strategy::ProtectionKey,
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        strategy_name(self.strategy())
+    }
+
+    /// The library's name for the value (`Strategy::Auto`).
+    pub fn rust_name(self) -> &'static str {
+        match self {
+            StrategyArg::Auto => "Strategy::Auto",
+            StrategyArg::PageProtection => "Strategy::PageProtection",
+            StrategyArg::ProtectionKey => "Strategy::ProtectionKey",
+        }
+    }
+}
+
+/// The command-line spelling of a library strategy, also used in the holder's `ready` line and
+/// the JSON report (`protection-key`).
+pub fn strategy_name(strategy: Strategy) -> &'static str {
+    match strategy {
+        Strategy::Auto => "auto",
+        Strategy::PageProtection => "page-protection",
+        Strategy::ProtectionKey => "protection-key",
+        Strategy::Sealed => "sealed",
+        _ => "unknown",
+    }
+}
+
 /// The factory settings a holder creates its secret with: what an application passes to
 /// `ProtectedMemorySecretFactory::builder()`. Shared by `doctor` and `holder`, and passed from
 /// one to the other by [`Policy::args`], so a new setting is added here once.
@@ -137,6 +196,10 @@ pub struct Policy {
     /// fails the secret).
     #[arg(long, value_enum, default_value_t = MlockArg::Required)]
     pub mlock: MlockArg,
+    /// How an access opens a secret (`Strategy::Auto`, the library's default, uses protection
+    /// keys for secrets in secret memory on a CPU that has them).
+    #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
+    pub strategy: StrategyArg,
 }
 
 impl Policy {
@@ -149,6 +212,7 @@ impl Policy {
             ProtectedMemorySecretFactory::builder()
                 .backing(self.backing.backing())
                 .mlock(self.mlock.policy())
+                .strategy(self.strategy.strategy())
                 .build()
         }
     }
@@ -160,12 +224,19 @@ impl Policy {
             self.backing.name().into(),
             "--mlock".into(),
             self.mlock.name().into(),
+            "--strategy".into(),
+            self.strategy.name().into(),
         ]
     }
 
     /// The settings as the library spells them.
     pub fn describe(&self) -> String {
-        format!("{}, {}", self.backing.rust_name(), self.mlock.rust_name())
+        format!(
+            "{}, {}, {}",
+            self.backing.rust_name(),
+            self.mlock.rust_name(),
+            self.strategy.rust_name()
+        )
     }
 }
 
@@ -259,6 +330,7 @@ fn run_inner(args: &HolderArgs) -> Result<(), Stop> {
         }
     };
     announce(&secret)?;
+    report_faults()?;
     Ok(serve(&secret)?)
 }
 
@@ -269,8 +341,9 @@ fn fill(factory: &ProtectedMemorySecretFactory, count: usize) {
             Ok(secret) => {
                 let p = secret.protection();
                 let _ = send(&format!(
-                    "created {i} backing={} locked={}",
+                    "created {i} backing={} strategy={} locked={}",
                     backing_name(p.backing),
+                    strategy_name(p.strategy),
                     p.locked
                 ));
                 kept.push(secret);
@@ -315,11 +388,12 @@ fn announce(secret: &Secret) -> Result<(), String> {
     wipe(&mut line);
     written?.map_err(|e| format!("write: {e}"))?;
     send(&format!(
-        "ready pid={} addr={addr:#x} len={} backing={} locked={} dump_excluded={} \
+        "ready pid={} addr={addr:#x} len={} backing={} strategy={} locked={} dump_excluded={} \
          fork_protected={} guard_pages={} kernel_invisible={} canary={}",
         std::process::id(),
         secret.len(),
         backing_name(p.backing),
+        strategy_name(p.strategy),
         p.locked,
         p.dump_excluded,
         p.fork_protected,
@@ -432,6 +506,7 @@ fn serve(secret: &Secret) -> Result<(), String> {
                 }
             }
             "underflow-in-page" => underflow_in_page(secret),
+            "read-from-another-thread" => read_from_another_thread(secret),
             "exit" => {
                 send("bye").map_err(|e| e.to_string())?;
                 return Ok(());
@@ -441,6 +516,146 @@ fn serve(secret: &Secret) -> Result<(), String> {
         .map_err(|e| format!("write: {e}"))?;
     }
     Ok(())
+}
+
+/// Installs the handler that reports a memory fault before it kills the holder: it writes
+/// `fault signal=N code=C addr=0x..` to stdout and returns. `SA_RESETHAND` has restored the
+/// default action by then, so the faulting instruction runs again and the fault kills the
+/// process as it would have without the handler: the probe sees the death and learns its cause.
+fn report_faults() -> Result<(), String> {
+    for signal in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: an all-zero sigaction is a valid value (no handler, no flags, empty mask).
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_fault as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
+        // SAFETY: installs a handler with the three-argument signature SA_SIGINFO calls for;
+        // the mask was zeroed above, which is an empty set.
+        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
+            return Err(format!("sigaction: {}", io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// The fault handler: only async-signal-safe work (a stack buffer and one `write(2)`).
+extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let (code, addr) = if info.is_null() {
+        (0, 0)
+    } else {
+        // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers; si_addr is the
+        // faulting address for SIGSEGV and SIGBUS.
+        unsafe { ((*info).si_code, (*info).si_addr() as usize) }
+    };
+    let mut line = RawLine::new();
+    line.put(b"fault signal=");
+    line.put_decimal(signal.unsigned_abs().into());
+    line.put(b" code=");
+    line.put_decimal(code.unsigned_abs().into());
+    line.put(b" addr=0x");
+    line.put_hex(addr as u64);
+    line.put(b"\n");
+    let _ = write_all_raw(line.bytes());
+}
+
+/// A line built on the stack, for the fault handler and the forked child, where nothing may
+/// allocate.
+struct RawLine {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl RawLine {
+    fn new() -> Self {
+        RawLine {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    fn put(&mut self, s: &[u8]) {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+    }
+
+    fn put_decimal(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.put(&digits[i..]);
+    }
+
+    fn put_hex(&mut self, v: u64) {
+        let mut digits = [0u8; 16];
+        let mut i = digits.len();
+        let mut v = v;
+        loop {
+            i -= 1;
+            digits[i] = b"0123456789abcdef"[(v & 15) as usize];
+            v >>= 4;
+            if v == 0 {
+                break;
+            }
+        }
+        self.put(&digits[i..]);
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// A second thread enters `with_bytes`, hands this thread the address of the bytes and waits
+/// inside the access; this thread, which holds no access, reads them raw meanwhile. Under a
+/// protection key only the thread that opened the access may touch them, so the read faults;
+/// page protection opens the pages to every thread while any access runs, so it goes through.
+fn read_from_another_thread(secret: &Secret) -> io::Result<()> {
+    let (inside_tx, inside_rx) = mpsc::channel::<(usize, usize)>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        // Created before the access it makes, so this thread's rights are not the ones that
+        // access opens (a thread created inside an access would inherit them).
+        let access = scope.spawn(move || {
+            secret.with_bytes(|bytes| {
+                let _ = inside_tx.send((bytes.as_ptr() as usize, bytes.len()));
+                let _ = done_rx.recv();
+            })
+        });
+        let Ok((addr, len)) = inside_rx.recv() else {
+            return match access.join() {
+                Ok(Err(e)) => send(&format!("error with_bytes: {}", one_line(&e.to_string()))),
+                _ => send("error the access thread ended without entering"),
+            };
+        };
+        let announced = send(&format!("reading addr={addr:#x} len={len}"));
+        if announced.is_ok() {
+            let mut folded = 0u8;
+            for i in 0..len {
+                let byte = std::ptr::with_exposed_provenance::<u8>(addr + i);
+                // SAFETY: deliberately not safe: this thread holds no access to the secret and
+                // reads its bytes while another thread's access runs, to show that the read
+                // faults. The address was exposed by the `as usize` cast inside that access.
+                folded |= unsafe { std::ptr::read_volatile(byte) };
+            }
+            std::hint::black_box(folded);
+        }
+        // Ends the other thread's access on every path, so the scope can end.
+        drop(done_tx);
+        let ended = access.join();
+        announced?;
+        match ended {
+            Ok(Ok(())) => send(&format!("read len={len}")),
+            Ok(Err(e)) => send(&format!("error with_bytes: {}", one_line(&e.to_string()))),
+            Err(_) => send("error the access thread panicked"),
+        }
+    })
 }
 
 /// Writes one byte right below the secret's first byte, inside its data page, from inside a
@@ -498,7 +713,8 @@ fn address(secret: &Secret) -> Result<usize, String> {
 }
 
 /// Forks. The child tries the API (`with_bytes`, which must refuse), then does what an attacker
-/// in the child could: makes the inherited page readable and reads it raw. It reports both and
+/// in the child could: makes the inherited page readable (and, under a protection key, opens
+/// every key) and reads it raw. It reports both and
 /// exits; the parent waits for it and answers `forked`.
 fn fork_and_read(secret: &Secret) -> io::Result<()> {
     let addr = match address(secret) {
@@ -506,6 +722,7 @@ fn fork_and_read(secret: &Secret) -> io::Result<()> {
         Err(e) => return send(&format!("error {e}")),
     };
     let page = crate::sys::page_size();
+    let keyed = secret.protection().strategy == Strategy::ProtectionKey;
     // SAFETY: the holder is single-threaded; the child only makes syscalls, reads the
     // secret through the library, formats into a stack buffer and `_exit`s.
     let pid = unsafe { libc::fork() };
@@ -513,45 +730,47 @@ fn fork_and_read(secret: &Secret) -> io::Result<()> {
         return send(&format!("error fork: {}", io::Error::last_os_error()));
     }
     if pid == 0 {
-        let mut line = [0u8; 256];
-        let mut n = 0;
-        let mut put = |s: &[u8], line: &mut [u8; 256]| {
-            let m = s.len().min(line.len() - n);
-            line[n..n + m].copy_from_slice(&s[..m]);
-            n += m;
-        };
-        put(b"child api=", &mut line);
+        let mut line = RawLine::new();
+        line.put(b"child api=");
         let mut api_hex = [0u8; 2 * MARKER_LEN];
         let api = secret.with_bytes(|bytes| {
             hex_into(bytes, &mut api_hex);
         });
         match api {
-            Ok(()) => put(&api_hex, &mut line),
-            Err(securememory::Error::Forked) => put(b"refused", &mut line),
-            Err(_) => put(b"error", &mut line),
+            Ok(()) => line.put(&api_hex),
+            Err(securememory::Error::Forked) => line.put(b"refused"),
+            Err(_) => line.put(b"error"),
         }
-        put(b" raw=", &mut line);
+        line.put(b" raw=");
         let page_start = addr & !(page - 1);
         // SAFETY: the attacker's move in the child: make the inherited page readable.
         let rc = unsafe { libc::mprotect(page_start as *mut libc::c_void, page, libc::PROT_READ) };
         if rc != 0 {
-            put(b"unmapped", &mut line);
+            line.put(b"unmapped");
         } else {
+            if keyed {
+                // The rest of the attacker's move where the page carries a protection key.
+                open_every_key();
+            }
             let mut raw = [0u8; MARKER_LEN];
             for (i, r) in raw.iter_mut().enumerate() {
-                // SAFETY: the page is mapped and readable in this child (mprotect succeeded).
+                // SAFETY: the page is mapped and readable in this child (mprotect succeeded,
+                // and every protection key is open).
                 *r = unsafe { std::ptr::read_volatile((addr + i) as *const u8) };
             }
             if raw.iter().all(|&b| b == 0) {
-                put(b"zeros", &mut line);
+                line.put(b"zeros");
             } else {
                 let mut raw_hex = [0u8; 2 * MARKER_LEN];
                 hex_into(&raw, &mut raw_hex);
-                put(&raw_hex, &mut line);
+                line.put(&raw_hex);
+            }
+            if keyed {
+                line.put(b" keys=opened");
             }
         }
-        put(b"\n", &mut line);
-        let _ = write_all_raw(&line[..n]);
+        line.put(b"\n");
+        let _ = write_all_raw(line.bytes());
         // SAFETY: ends the child without running the parent's destructors or atexit handlers.
         unsafe { libc::_exit(0) };
     }
@@ -560,6 +779,22 @@ fn fork_and_read(secret: &Secret) -> io::Result<()> {
     unsafe { libc::waitpid(pid, &mut status, 0) };
     send("forked")
 }
+
+/// Opens every protection key for the calling thread (`WRPKRU` with no rights withheld), as
+/// an attacker who runs code in the process can.
+#[cfg(target_arch = "x86_64")]
+fn open_every_key() {
+    // SAFETY: WRPKRU writes this thread's key rights; it is called only for a secret under a
+    // protection key, so the CPU has PKU.
+    unsafe {
+        std::arch::asm!("wrpkru", in("eax") 0u32, in("ecx") 0u32, in("edx") 0u32,
+            options(nostack, preserves_flags));
+    }
+}
+
+/// Protection keys exist on x86_64 only, so elsewhere there is no key to open.
+#[cfg(not(target_arch = "x86_64"))]
+fn open_every_key() {}
 
 /// Hex of `bytes` into `out` (twice as long) without allocating: the marker must not be copied
 /// to the heap.

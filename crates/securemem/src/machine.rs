@@ -20,6 +20,10 @@ pub struct Machine {
     /// `pkey_alloc(2)` works here, or the error it gave.
     #[serde(serialize_with = "availability")]
     pub pkey_alloc: Result<(), String>,
+    /// The library can have `Strategy::ProtectionKey` here
+    /// (`securememory::system::check_protection_keys`), or why not.
+    #[serde(serialize_with = "availability")]
+    pub protection_keys: Result<(), String>,
     /// Soft `RLIMIT_MEMLOCK` in bytes (`None`: unlimited).
     pub memlock_soft: Option<u64>,
     /// Hard `RLIMIT_MEMLOCK` in bytes (`None`: unlimited).
@@ -104,6 +108,10 @@ impl Machine {
             memfd_secret: securememory::system::check_secret_memory().map_err(|e| e.to_string()),
             pkeys_cpu: has_flag("pku") && has_flag("ospke"),
             pkey_alloc: crate::sys::pkey_alloc().map_err(|e| e.to_string()),
+            protection_keys: securememory::system::check_protection_keys().map_err(|e| match e {
+                securememory::Error::StrategyUnavailable { reason, .. } => reason,
+                other => other.to_string(),
+            }),
             memlock_soft,
             memlock_hard,
             cap_ipc_lock: crate::sys::has_ipc_lock(),
@@ -146,10 +154,17 @@ impl Machine {
             ),
             (
                 "protection keys",
-                match (&self.pkey_alloc, self.pkeys_cpu) {
-                    (Ok(()), _) => "available (pkey_alloc works)".into(),
-                    (Err(e), true) => format!("CPU has pku/ospke but pkey_alloc fails ({e})"),
-                    (Err(_), false) => "absent (CPU lacks pku/ospke)".into(),
+                match (&self.protection_keys, &self.pkey_alloc, self.pkeys_cpu) {
+                    (Ok(()), _, _) => {
+                        "available (pkey_alloc works; the library has its key)".into()
+                    }
+                    (Err(e), Ok(()), _) => {
+                        format!("pkey_alloc works, but the library has none: {e}")
+                    }
+                    (Err(_), Err(e), true) => {
+                        format!("CPU has pku/ospke but pkey_alloc fails ({e})")
+                    }
+                    (Err(_), Err(_), false) => "absent (CPU lacks pku/ospke)".into(),
                 },
             ),
             (

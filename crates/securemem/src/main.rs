@@ -13,10 +13,12 @@ mod cli {
     const EXIT_CODES: &str = "\
 Exit status:
   0  every required promise holds; without --require or --strict that is every promise this
-     machine and configuration offer (UNAVAILABLE is accepted)
+     machine and configuration offer (UNAVAILABLE is accepted); N/A and SKIP (a promise that
+     is not one of the strategy the secrets got) count only when named with --require
   1  a required promise does not hold: it FAILs, or it is UNAVAILABLE under --require or
      --strict (also when the library refuses the first secret, e.g. MlockPolicy::Required
-     under a locked-memory limit it cannot meet: P1 FAILs)
+     under a locked-memory limit it cannot meet: P1 FAILs; Strategy::ProtectionKey without
+     protection keys: P8 FAILs)
   2  usage error
   3  the probe itself broke (a holder could not be started, a probe hung or answered
      nonsense), so a required promise has no verdict; 1 wins when another one FAILs";
@@ -33,10 +35,10 @@ Exit status:
     enum Command {
         /// Report what this machine guarantees for secrets, proven by probes in child processes.
         ///
-        /// Every promise of securememory (P1-P7) is attacked from outside a real process that
+        /// Every promise of securememory (P1-P8) is attacked from outside a real process that
         /// holds a secret, created with the library's default policy (Backing::Auto,
-        /// MlockPolicy::Required) or the one given, under the caller's locked-memory limit or
-        /// the one given with --memlock.
+        /// MlockPolicy::Required, Strategy::Auto) or the one given, under the caller's
+        /// locked-memory limit or the one given with --memlock.
         #[command(after_help = EXIT_CODES)]
         Doctor(DoctorArgs),
         /// The process the probes attack (internal).
@@ -57,8 +59,8 @@ Exit status:
         /// `unlimited` [default: the caller's own limit and capabilities].
         #[arg(long, value_name = "BYTES")]
         memlock: Option<MemlockLimit>,
-        /// These promises must PASS (comma-separated, e.g. P1,P6); UNAVAILABLE counts as not
-        /// holding for them.
+        /// These promises must PASS (comma-separated, e.g. P1,P6); UNAVAILABLE, N/A and SKIP
+        /// count as not holding for them.
         #[arg(
             long,
             value_name = "PROMISES",
@@ -66,7 +68,8 @@ Exit status:
             value_parser = doctor::promise_id
         )]
         require: Vec<&'static str>,
-        /// Every promise must PASS; UNAVAILABLE counts as not holding.
+        /// Every promise of the strategy the secrets got must PASS; UNAVAILABLE counts as not
+        /// holding (N/A and SKIP do not: those are not promises of that strategy).
         #[arg(long)]
         strict: bool,
     }

@@ -117,6 +117,8 @@ pub struct Ready {
     pub len: usize,
     /// `secretmem` or `anonymous`: the backing the secret got.
     pub backing: String,
+    /// `page-protection` or `protection-key`: the strategy the secret got.
+    pub strategy: String,
     /// `Protection::locked`.
     pub locked: bool,
     /// `Protection::dump_excluded`.
@@ -129,6 +131,43 @@ pub struct Ready {
     pub kernel_invisible: bool,
     /// `Protection::canary`.
     pub canary: bool,
+}
+
+/// What the holder's fault handler reported before the fault killed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The signal (`SIGSEGV`, `SIGBUS`).
+    pub signal: i32,
+    /// `si_code`: why the CPU refused (`SEGV_MAPERR`, `SEGV_ACCERR`, `SEGV_PKUERR`, ...).
+    pub code: i32,
+    /// `si_addr`: the address touched.
+    pub addr: usize,
+}
+
+impl Fault {
+    /// Parses the handler's `fault signal=N code=C addr=0x..` line.
+    pub fn parse(line: &str) -> Option<Fault> {
+        let rest = line.strip_prefix("fault ")?;
+        Some(Fault {
+            signal: field(rest, "signal")?.parse().ok()?,
+            code: field(rest, "code")?.parse().ok()?,
+            addr: usize::from_str_radix(field(rest, "addr")?.trim_start_matches("0x"), 16).ok()?,
+        })
+    }
+}
+
+/// How a holder that was expected to die ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Death {
+    /// It died: of this signal (`None`: it exited), after its handler reported this fault.
+    Died {
+        /// The signal that ended it.
+        signal: Option<i32>,
+        /// What its fault handler reported, if it ran.
+        fault: Option<Fault>,
+    },
+    /// It survived and answered this line.
+    Answered(String),
 }
 
 /// A running holder process.
@@ -227,6 +266,7 @@ fn parse_ready(marker: &str, line: &str) -> Option<(Ready, [u8; MARKER_LEN])> {
         addr: usize::from_str_radix(field(line, "addr")?.trim_start_matches("0x"), 16).ok()?,
         len: field(line, "len")?.parse().ok()?,
         backing: field(line, "backing")?.to_string(),
+        strategy: field(line, "strategy")?.to_string(),
         locked: flag("locked")?,
         dump_excluded: flag("dump_excluded")?,
         fork_protected: flag("fork_protected")?,
@@ -373,23 +413,41 @@ impl Holder {
         self.call("leave", "left").map(drop)
     }
 
-    /// Sends `command`, which should kill the holder, and waits for it to die. Returns the
-    /// signal that killed it, or `Err(answer)` when it survived and answered.
+    /// Sends `command`, which should kill the holder, and waits for it to die or answer.
     ///
     /// # Errors
     /// [`ProbeError::Broken`] on a timeout.
-    pub fn expect_death(
-        &mut self,
-        command: &str,
-    ) -> Result<Result<Option<i32>, String>, ProbeError> {
+    pub fn expect_death(&mut self, command: &str) -> Result<Death, ProbeError> {
         self.send(command)?;
-        match self.lines.recv_timeout(self.timeout) {
-            Ok(line) => Ok(Err(line)),
-            Err(RecvTimeoutError::Disconnected) => Ok(Ok(self.wait_signal()?)),
-            Err(RecvTimeoutError::Timeout) => Err(ProbeError::Broken(format!(
-                "the holder neither died nor answered within {:?} after {command:?}",
-                self.timeout
-            ))),
+        self.await_death(command)
+    }
+
+    /// Waits for the holder to die or answer after `command` (already sent). A `fault` line of
+    /// its fault handler is taken as the cause of the death that follows it.
+    ///
+    /// # Errors
+    /// [`ProbeError::Broken`] on a timeout.
+    pub fn await_death(&mut self, command: &str) -> Result<Death, ProbeError> {
+        let mut fault = None;
+        loop {
+            match self.lines.recv_timeout(self.timeout) {
+                Ok(line) => match Fault::parse(&line) {
+                    Some(f) if fault.is_none() => fault = Some(f),
+                    _ => return Ok(Death::Answered(line)),
+                },
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Ok(Death::Died {
+                        signal: self.wait_signal()?,
+                        fault,
+                    })
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(ProbeError::Broken(format!(
+                        "the holder neither died nor answered within {:?} after {command:?}",
+                        self.timeout
+                    )))
+                }
+            }
         }
     }
 

@@ -94,10 +94,10 @@ fn skip(reason: &str) {
 fn doctor_json_has_one_row_per_promise_and_exit_code_matches() {
     let run = doctor(&["--json"]);
     let report = json(&run);
-    assert_eq!(report["schema"], 1, "the JSON carries its layout version");
+    assert_eq!(report["schema"], 2, "the JSON carries its layout version");
     let rows = report["promises"].as_array().expect("promises");
     let ids: Vec<&str> = rows.iter().filter_map(|r| r["id"].as_str()).collect();
-    assert_eq!(ids, ["P1", "P2", "P3", "P4", "P5", "P6", "P7"]);
+    assert_eq!(ids, ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"]);
     let ok = report["ok"].as_bool().expect("ok");
     assert_eq!(run.code == 0, ok, "exit code {} vs ok {ok}", run.code);
     assert_eq!(report["exit_code"], run.code);
@@ -106,14 +106,21 @@ fn doctor_json_has_one_row_per_promise_and_exit_code_matches() {
         report["policy"]["mlock"], "required",
         "doctor probes with the library's default policy"
     );
+    assert_eq!(report["policy"]["strategy"], "auto");
     assert_eq!(report["limits"]["source"], "caller");
     for row in rows {
         let status = row["status"].as_str().expect("status");
-        assert!(["PASS", "FAIL", "UNAVAILABLE", "ERROR"].contains(&status));
+        assert!(["PASS", "FAIL", "UNAVAILABLE", "ERROR", "SKIP", "N/A"].contains(&status));
         assert_eq!(row["remedy"].is_null(), status == "PASS", "{row}");
         if std::env::var_os("CI").is_some() {
+            // Where the CPU has no protection keys, the per-thread promise is not one of the
+            // strategy Auto picks.
+            let expected = match securememory::system::check_protection_keys() {
+                Err(_) if row["id"] == "P8" => "SKIP",
+                _ => "PASS",
+            };
             assert_eq!(
-                status, "PASS",
+                status, expected,
                 "on the CI machines every promise holds: {row}"
             );
         }
@@ -138,7 +145,7 @@ fn doctor_plain_reports_machine_limits_and_promises() {
     }
     assert_eq!(
         out.lines().filter(|l| l.starts_with("  P")).count(),
-        7,
+        8,
         "{out}"
     );
     assert_eq!(run.code == 0, out.contains("\nOK: "), "{out}");
@@ -190,7 +197,7 @@ fn best_effort_under_a_zero_memlock_limit_exits_0_with_p1_unavailable() {
     let run = doctor(&["--json", "--mlock", "best-effort", "--memlock", "0"]);
     let report = json(&run);
     assert_eq!(run.code, 0, "{report}");
-    assert_eq!(report["schema"], 1);
+    assert_eq!(report["schema"], 2);
     assert_eq!(report["exit_code"], 0);
     assert_eq!(report["policy"]["mlock"], "best-effort");
     let limits = &report["limits"];
@@ -238,6 +245,8 @@ fn usage_errors_exit_2_and_help_documents_the_exit_codes() {
         &["--memlock"],
         &["--mlock", "sometimes"],
         &["--backing", "disk"],
+        &["--strategy", "sealed"],
+        &["--strategy", "sometimes"],
     ] {
         let run = doctor(args);
         assert_eq!(run.code, 2, "doctor {args:?}: {}", run.stderr);
@@ -259,6 +268,9 @@ fn usage_errors_exit_2_and_help_documents_the_exit_codes() {
         "--require",
         "--strict",
         "best-effort",
+        "--strategy",
+        "protection-key",
+        "page-protection",
     ] {
         assert!(
             help.stdout.contains(needed),
@@ -302,7 +314,7 @@ fn progress_on_stderr_when_it_is_a_terminal() {
     });
     let progress = reader.join().expect("pty reader");
     assert_eq!(run.code, 1, "{}", run.stdout);
-    assert!(progress.contains("probing 7 promises"), "{progress:?}");
+    assert!(progress.contains("probing 8 promises"), "{progress:?}");
     for id in ["P1 FAIL", "P3 UNAVAILABLE"] {
         assert!(progress.contains(id), "{id} missing from {progress:?}");
     }
@@ -384,4 +396,152 @@ fn a_holder_that_cannot_be_started_is_exit_code_3() {
     for row in report.promises.iter().filter(|p| p.id != "P2") {
         assert_eq!(row.status, securemem::doctor::Status::Error, "{row:?}");
     }
+}
+
+/// The strategy's name as the report spells it.
+fn strategy_name(strategy: securememory::Strategy) -> &'static str {
+    securemem::holder::strategy_name(strategy)
+}
+
+/// Whether a row other than `except` FAILs or broke.
+fn others_fail_or_broke(report: &serde_json::Value, except: Option<&str>) -> bool {
+    report["promises"]
+        .as_array()
+        .expect("promises")
+        .iter()
+        .filter(|r| except.is_none_or(|id| r["id"] != id))
+        .any(|r| r["status"] == "FAIL" || r["status"] == "ERROR")
+}
+
+fn evidence(row: &serde_json::Value) -> String {
+    row["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn doctor_reports_which_strategy_auto_picked_and_why() {
+    let (strategy, reason) = securememory::system::auto_strategy(securememory::Backing::Auto);
+    let run = doctor(&["--json"]);
+    let report = json(&run);
+    let auto = &report["auto_strategy"];
+    assert_eq!(auto["backing"], "auto", "{auto}");
+    assert_eq!(auto["strategy"], strategy_name(strategy), "{auto}");
+    assert_eq!(auto["reason"], reason.as_str(), "{auto}");
+    let got = &report["got"];
+    if got["backing"] == "secretmem" {
+        assert_eq!(
+            got["strategy"],
+            strategy_name(strategy),
+            "secrets in secret memory get what Auto picks: {got}"
+        );
+    }
+    let plain = doctor(&[]);
+    let line = plain
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("  Strategy::Auto "))
+        .unwrap_or_else(|| panic!("no Strategy::Auto line in:\n{}", plain.stdout));
+    let first_words: String = reason
+        .split_whitespace()
+        .take(4)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        line.contains(&format!("for Backing::Auto here: {first_words}")),
+        "{line}"
+    );
+    assert!(
+        plain.stdout.contains("Strategy::Auto (got "),
+        "the policy line says what the secrets got:\n{}",
+        plain.stdout
+    );
+}
+
+#[test]
+fn another_threads_read_passes_with_protection_keys_and_is_skipped_without() {
+    let run = doctor(&["--json"]);
+    let report = json(&run);
+    let p8 = row(&report, "P8");
+    let seen = evidence(p8);
+    let (auto, _) = securememory::system::auto_strategy(securememory::Backing::Auto);
+    match securememory::system::check_protection_keys() {
+        Ok(()) if auto == securememory::Strategy::ProtectionKey => {
+            assert_eq!(p8["status"], "PASS", "{p8}");
+            assert!(seen.contains("SEGV_PKUERR"), "{seen}");
+            assert!(seen.contains("ProtectionKey "), "seen from outside: {seen}");
+        }
+        Ok(()) => {
+            // Keys, but no secret memory: Auto keeps page protection, and says why.
+            assert_eq!(p8["status"], "N/A", "{p8}");
+            assert!(seen.contains("Strategy::Auto chose it"), "{seen}");
+        }
+        Err(missing) => {
+            assert_eq!(p8["status"], "SKIP", "{p8}");
+            let securememory::Error::StrategyUnavailable { reason, .. } = missing else {
+                panic!("{missing:?}");
+            };
+            assert!(seen.contains(&reason), "the reason, plainly: {seen}");
+        }
+    }
+    if !others_fail_or_broke(&report, Some("P8")) {
+        assert_eq!(run.code, 0, "P8 alone must not fail the exit code: {p8}");
+    }
+}
+
+#[test]
+fn protection_key_strategy_is_probed_where_keys_exist_and_refused_where_not() {
+    let run = doctor(&["--json", "--strategy", "protection-key"]);
+    let report = json(&run);
+    assert_eq!(report["policy"]["strategy"], "protection-key");
+    let p8 = row(&report, "P8");
+    if securememory::system::check_protection_keys().is_err() {
+        assert_eq!(p8["status"], "FAIL", "{p8}");
+        assert!(evidence(p8).contains("refused the first secret"), "{p8}");
+        assert_eq!(run.code, 1);
+        return;
+    }
+    assert_eq!(report["got"]["strategy"], "protection-key", "{report}");
+    assert_eq!(p8["status"], "PASS", "{p8}");
+    let p3 = row(&report, "P3");
+    assert_eq!(p3["status"], "PASS", "{p3}");
+    assert!(
+        evidence(p3).contains("SEGV_PKUERR"),
+        "an idle secret faults on its key: {p3}"
+    );
+    if !others_fail_or_broke(&report, None) {
+        assert_eq!(run.code, 0, "{report}");
+    }
+}
+
+#[test]
+fn under_page_protection_the_per_thread_row_is_not_applicable() {
+    let run = doctor(&["--json", "--strategy", "page-protection"]);
+    let report = json(&run);
+    assert_eq!(report["got"]["strategy"], "page-protection", "{report}");
+    let p8 = row(&report, "P8");
+    assert_eq!(p8["status"], "N/A", "{p8}");
+    assert!(
+        evidence(p8).contains("the read went through"),
+        "what page protection does is shown: {p8}"
+    );
+    assert!(p8["remedy"].is_string());
+    if !others_fail_or_broke(&report, Some("P8")) {
+        assert_eq!(run.code, 0, "N/A does not fail the exit code: {p8}");
+    }
+    let required = doctor(&["--strategy", "page-protection", "--require", "P8"]);
+    assert_eq!(
+        required.code, 1,
+        "a promise named with --require must PASS:\n{}",
+        required.stdout
+    );
+    assert!(
+        required.stdout.contains(" N/A (exit 1)"),
+        "{}",
+        required.stdout
+    );
 }

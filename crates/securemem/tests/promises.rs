@@ -1,12 +1,18 @@
 //! Every promise of the library (ARCHITECTURE.md, "The promises"), proven from outside the
 //! process: each test starts a holder (`securemem holder`) with the default factory or with
-//! `Backing::Anonymous`, attacks it from this process, and checks what really happened.
+//! `Backing::Anonymous`, attacks it from this process, and checks what really happened. The
+//! whole suite of `securemem doctor` also runs under each strategy (`Strategy::ProtectionKey`
+//! where the CPU has protection keys, `Strategy::PageProtection`), and P8 (another thread's
+//! read during an access faults) is checked against both.
 //!
 //! A probe whose prerequisite is missing prints `skipped: <reason>`; with `CI` set, a skip
-//! fails the test. Every wait in the probes has a timeout, so a hang fails instead of blocking.
+//! fails the test. Protection keys are a property of the CPU, not a prerequisite a machine can
+//! be set up with: where they are missing, the tests that need them say so and return.
+//! Every wait in the probes has a timeout, so a hang fails instead of blocking.
 #![cfg(target_os = "linux")]
 
-use securemem::holder::{BackingArg, MlockArg};
+use securemem::doctor::{probes, ProbeSpec, PER_THREAD};
+use securemem::holder::{BackingArg, MlockArg, StrategyArg};
 use securemem::limits::MemlockLimit;
 use securemem::probe::kernel_read::{proc_mem_read, vm_readv, Read};
 use securemem::probe::{self, Finding, ProbeError};
@@ -23,6 +29,27 @@ fn default_factory() -> HolderOptions {
 
 fn anonymous() -> HolderOptions {
     options(BackingArg::Anonymous)
+}
+
+fn with_strategy(backing: BackingArg, strategy: StrategyArg) -> HolderOptions {
+    let mut options = options(backing);
+    options.policy.strategy = strategy;
+    options
+}
+
+/// Holders under `Strategy::ProtectionKey`, or `None` after saying why this machine has none.
+fn protection_key(backing: BackingArg) -> Option<HolderOptions> {
+    match securememory::system::check_protection_keys() {
+        Ok(()) => Some(with_strategy(backing, StrategyArg::ProtectionKey)),
+        Err(missing) => {
+            println!("not run: {missing}");
+            None
+        }
+    }
+}
+
+fn page_protection(backing: BackingArg) -> HolderOptions {
+    with_strategy(backing, StrategyArg::PageProtection)
 }
 
 fn skip(reason: &str) {
@@ -323,4 +350,206 @@ fn holder_marker_is_fresh_and_reported_protections_match_the_default_factory() {
         "a 32-byte secret leaves room for a canary in its page"
     );
     assert_eq!(a.ready.kernel_invisible, a.ready.backing == "secretmem");
+}
+
+// Every probe of doctor's suite under each strategy.
+
+/// Runs every probe of `securemem doctor` against holders made with `options`. A probe of a
+/// promise in `broken` must find it broken (what the configuration cannot keep, shown rather
+/// than assumed); every other probe must find its promise kept. All run before any failure is
+/// reported, so one run names every probe that disagrees.
+fn whole_suite(options: &HolderOptions, broken: &[&str]) {
+    let mut wrong = Vec::new();
+    let suite: Vec<ProbeSpec> = probes();
+    for spec in &suite {
+        let Some(finding) = ran((spec.run)(options)) else {
+            continue;
+        };
+        let expected = !broken.contains(&spec.promise);
+        if finding.holds != expected {
+            wrong.push(format!("{} {}: {finding}", spec.promise, spec.name));
+        }
+        if finding.ready.is_some() {
+            assert_eq!(
+                finding.strategy,
+                options.policy.strategy.name(),
+                "the holder got another strategy than asked: {finding}"
+            );
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "probes that disagree ({} of {}):\n{}",
+        wrong.len(),
+        suite.len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn every_probe_holds_under_protection_keys() {
+    if let Some(options) = protection_key(BackingArg::Auto) {
+        whole_suite(&options, &[]);
+    }
+}
+
+/// Keys bind the threads of the process only: other processes read anonymous memory past
+/// them (P6), which is why `Strategy::Auto` takes a key only for secret memory.
+#[test]
+fn every_probe_but_p6_holds_under_protection_keys_in_anonymous_memory() {
+    if let Some(options) = protection_key(BackingArg::Anonymous) {
+        whole_suite(&options, &["P6"]);
+    }
+}
+
+/// Page protection opens a secret to every thread while an access runs, so another thread's
+/// read goes through: P8 is not one of its promises.
+#[test]
+fn every_probe_but_the_per_thread_one_holds_under_page_protection() {
+    whole_suite(&page_protection(BackingArg::Auto), &[PER_THREAD]);
+}
+
+#[test]
+fn every_probe_but_p6_and_the_per_thread_one_holds_under_page_protection_in_anonymous_memory() {
+    whole_suite(&page_protection(BackingArg::Anonymous), &["P6", PER_THREAD]);
+}
+
+// P8: another thread's read of a secret during an access faults (protection keys only).
+
+fn assert_faults_on_the_key(options: &HolderOptions) {
+    let finding = assert_holds(probe::fault::read_from_another_thread(options)).expect("no skip");
+    let seen = finding.evidence.join("; ");
+    assert!(seen.contains("SEGV_PKUERR"), "{finding}");
+    assert!(
+        !seen.contains("ProtectionKey 0"),
+        "smaps shows the pages under the library's key: {finding}"
+    );
+}
+
+#[test]
+fn another_threads_read_during_an_access_faults_on_the_protection_key() {
+    if let Some(options) = protection_key(BackingArg::Auto) {
+        assert_faults_on_the_key(&options);
+    }
+}
+
+#[test]
+fn another_threads_read_during_an_access_faults_on_the_protection_key_anonymous() {
+    if let Some(options) = protection_key(BackingArg::Anonymous) {
+        assert_faults_on_the_key(&options);
+    }
+}
+
+/// The default factory takes a key wherever `system::auto_strategy` says it does.
+#[test]
+fn another_threads_read_during_an_access_faults_with_the_default_factory_where_auto_takes_a_key() {
+    let (auto, why) = securememory::system::auto_strategy(securememory::Backing::Auto);
+    let Some(finding) = ran(probe::fault::read_from_another_thread(&default_factory())) else {
+        return;
+    };
+    if auto == securememory::Strategy::ProtectionKey && finding.backing == "secretmem" {
+        assert!(finding.holds, "{finding}");
+        assert!(finding.evidence.join("; ").contains("SEGV_PKUERR"));
+    } else {
+        println!("Strategy::Auto keeps page protection here: {why}");
+        assert!(!finding.holds, "{finding}");
+    }
+}
+
+/// The contrast that gives the rows above their meaning, and P8's N/A under page protection.
+#[test]
+fn another_threads_read_during_an_access_goes_through_under_page_protection() {
+    for backing in [BackingArg::Auto, BackingArg::Anonymous] {
+        let finding = ran(probe::fault::read_from_another_thread(&page_protection(
+            backing,
+        )))
+        .expect("ran");
+        assert!(!finding.holds, "{finding}");
+        assert!(
+            finding.evidence.iter().any(|e| e.contains("went through")),
+            "{finding}"
+        );
+        assert_eq!(finding.strategy, "page-protection");
+    }
+}
+
+// How each strategy refuses a stray touch, as the CPU reports it (si_code).
+
+#[test]
+fn an_idle_secret_faults_on_its_protection_key() {
+    for backing in [BackingArg::Auto, BackingArg::Anonymous] {
+        let Some(options) = protection_key(backing) else {
+            return;
+        };
+        let f = assert_holds(probe::fault::touch_idle(&options)).expect("no skip");
+        assert!(f.evidence.join("; ").contains("SEGV_PKUERR"), "{f}");
+    }
+}
+
+#[test]
+fn an_idle_secret_faults_on_its_page_protection() {
+    for backing in [BackingArg::Auto, BackingArg::Anonymous] {
+        let f = assert_holds(probe::fault::touch_idle(&page_protection(backing))).expect("ran");
+        assert!(f.evidence.join("; ").contains("SEGV_ACCERR"), "{f}");
+    }
+}
+
+/// A forked child that opens every key as well as the page finds zeros: the bytes are gone
+/// from the child, not merely locked away.
+#[test]
+fn forked_child_with_every_key_open_reads_zeros_under_protection_keys_anonymous() {
+    let Some(options) = protection_key(BackingArg::Anonymous) else {
+        return;
+    };
+    let f = assert_holds(probe::fault::fork(&options)).expect("ran");
+    assert!(
+        f.evidence
+            .iter()
+            .any(|e| e.contains("every protection key opened") && e.contains("zeros")),
+        "{f}"
+    );
+}
+
+/// Keys do not stop other processes: an idle anonymous secret under a key is read by
+/// `process_vm_readv`, which page protection refuses (README, `Strategy::ProtectionKey`).
+#[test]
+fn process_vm_readv_reads_an_idle_anonymous_secret_under_a_protection_key() {
+    let Some(options) = protection_key(BackingArg::Anonymous) else {
+        return;
+    };
+    let holder = Holder::spawn(&options).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(holder.ready.strategy, "protection-key");
+    let (pid, addr, len) = (holder.pid(), holder.ready.addr, holder.ready.len);
+    assert_eq!(
+        vm_readv(pid, addr, len),
+        Read::Bytes(holder.marker.to_vec())
+    );
+}
+
+#[test]
+fn holders_report_the_strategy_they_got() {
+    let (auto, _) = securememory::system::auto_strategy(securememory::Backing::Auto);
+    let holder = Holder::spawn(&default_factory()).unwrap_or_else(|e| panic!("{e}"));
+    if holder.ready.backing == "secretmem" {
+        assert_eq!(
+            holder.ready.strategy,
+            securemem::holder::strategy_name(auto),
+            "{:?}",
+            holder.ready
+        );
+    }
+    let anonymous = Holder::spawn(&anonymous()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(anonymous.ready.strategy, "page-protection");
+    let page = Holder::spawn(&page_protection(BackingArg::Auto)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.ready.strategy, "page-protection");
+    if let Some(options) = protection_key(BackingArg::Auto) {
+        let key = Holder::spawn(&options).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(key.ready.strategy, "protection-key");
+    } else {
+        let refused = Holder::spawn(&with_strategy(BackingArg::Auto, StrategyArg::ProtectionKey));
+        match refused {
+            Err(ProbeError::Refused(r)) => assert_eq!(r.error, "StrategyUnavailable", "{r:?}"),
+            other => panic!("expected the library to refuse: {other:?}"),
+        }
+    }
 }

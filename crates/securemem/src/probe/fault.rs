@@ -1,8 +1,9 @@
-//! P3 (no access while idle), P7 (overflow and underflow are caught) and P5 (a forked child never
-//! sees the secret): the holder does the forbidden thing and the probe watches what happens.
+//! P3 (no access while idle), P7 (overflow and underflow are caught), P5 (a forked child never
+//! sees the secret) and P8 (another thread's read during an access faults): the holder does the
+//! forbidden thing and the probe watches what happens.
 
 use super::{hex, Finding, ProbeError};
-use crate::spawn::{Holder, HolderOptions};
+use crate::spawn::{Death, Fault, Holder, HolderOptions};
 
 /// The signal a stray touch of a protected page raises on this OS.
 const FAULT_SIGNALS: [i32; 2] = [libc::SIGSEGV, libc::SIGBUS];
@@ -17,6 +18,34 @@ fn signal_name(signal: i32) -> String {
     }
 }
 
+/// `si_code` of a SIGSEGV raised by a memory protection key (Linux's `SEGV_PKUERR`, which the
+/// `libc` crate does not name).
+pub const SEGV_PKUERR: i32 = 4;
+
+/// `si_code` of a SIGSEGV on a page whose protection forbids the access.
+const SEGV_ACCERR: i32 = 2;
+
+/// `si_code` of a SIGSEGV on an address where nothing is mapped.
+const SEGV_MAPERR: i32 = 1;
+
+/// Why the CPU refused, from the fault handler's report.
+pub fn fault_cause(fault: &Fault) -> String {
+    let cause = match (fault.signal, fault.code) {
+        (libc::SIGSEGV, SEGV_PKUERR) => "si_code SEGV_PKUERR, a protection key's fault".into(),
+        (libc::SIGSEGV, SEGV_ACCERR) => "si_code SEGV_ACCERR, the page protection's fault".into(),
+        (libc::SIGSEGV, SEGV_MAPERR) => "si_code SEGV_MAPERR, nothing mapped there".into(),
+        (_, code) => format!("si_code {code}"),
+    };
+    format!("{cause}, at {:#x}", fault.addr)
+}
+
+fn death_text(signal: i32, fault: Option<&Fault>) -> String {
+    match fault {
+        Some(f) => format!("{} ({})", signal_name(signal), fault_cause(f)),
+        None => signal_name(signal),
+    }
+}
+
 fn expect_fault(
     options: &HolderOptions,
     promise: &'static str,
@@ -27,15 +56,26 @@ fn expect_fault(
     let mut finding = Finding::new(promise, probe, Some(&holder.ready));
     let addr = holder.ready.addr;
     match holder.expect_death(command)? {
-        Ok(Some(signal)) if FAULT_SIGNALS.contains(&signal) => {
-            finding.saw(format!("the holder was killed by {}", signal_name(signal)));
+        Death::Died {
+            signal: Some(signal),
+            fault,
+        } if FAULT_SIGNALS.contains(&signal) => {
+            finding.saw(format!(
+                "the holder was killed by {}",
+                death_text(signal, fault.as_ref())
+            ));
         }
-        Ok(Some(signal)) => finding.broke(format!(
+        Death::Died {
+            signal: Some(signal),
+            ..
+        } => finding.broke(format!(
             "the holder died of {} instead of a memory fault",
             signal_name(signal)
         )),
-        Ok(None) => finding.broke("the holder exited normally instead of faulting"),
-        Err(answer) => finding.broke(format!(
+        Death::Died { signal: None, .. } => {
+            finding.broke("the holder exited normally instead of faulting");
+        }
+        Death::Answered(answer) => finding.broke(format!(
             "the access at/near {addr:#x} went through: the holder answered {answer:?}"
         )),
     }
@@ -106,10 +146,10 @@ pub fn underflow_in_page(options: &HolderOptions) -> Result<Finding, ProbeError>
         Some(&holder.ready),
     );
     let answer = match holder.expect_death(COMMAND)? {
-        Err(answer) => answer,
-        Ok(death) => {
-            let how = death.map_or("exited normally".into(), |s| {
-                format!("was killed by {}", signal_name(s))
+        Death::Answered(answer) => answer,
+        Death::Died { signal, fault } => {
+            let how = signal.map_or("exited normally".into(), |s| {
+                format!("was killed by {}", death_text(s, fault.as_ref()))
             });
             finding.broke(format!(
                 "the holder {how}: the byte before the secret at {:#x} is not in its writable \
@@ -162,6 +202,16 @@ pub fn fork(options: &HolderOptions) -> Result<Finding, ProbeError> {
     );
     holder.send("fork")?;
     let child = holder.answer("the child's report")?;
+    if let Some(fault) = Fault::parse(&child) {
+        // The child faulted before it could report anything: it saw nothing.
+        finding.saw(format!(
+            "the child was killed by {} before it read a byte",
+            death_text(fault.signal, Some(&fault))
+        ));
+        holder.answer("forked")?;
+        holder.call("exit", "bye")?;
+        return Ok(finding);
+    }
     let field = |key: &str| {
         child
             .split_whitespace()
@@ -179,13 +229,115 @@ pub fn fork(options: &HolderOptions) -> Result<Finding, ProbeError> {
         a if a == marker => finding.broke("with_bytes in the child returned the secret"),
         other => finding.saw(format!("with_bytes in the child: {other}")),
     }
+    let raw_read = if field("keys").is_some() {
+        "raw read in the child, every protection key opened (WRPKRU)"
+    } else {
+        "raw read in the child"
+    };
     match raw.as_str() {
-        "unmapped" => finding.saw("raw read in the child: the page is not mapped there (dc)"),
-        "zeros" => finding.saw("raw read in the child: zeros (wf)"),
-        r if r == marker => finding.broke("raw read in the child: the secret"),
-        _ => finding.saw("raw read in the child: bytes that are not the secret"),
+        "unmapped" => finding.saw(format!("{raw_read}: the page is not mapped there (dc)")),
+        "zeros" => finding.saw(format!("{raw_read}: zeros (wf)")),
+        r if r == marker => finding.broke(format!("{raw_read}: the secret")),
+        _ => finding.saw(format!("{raw_read}: bytes that are not the secret")),
     }
     holder.answer("forked")?;
     holder.call("exit", "bye")?;
+    Ok(finding)
+}
+
+/// P8: while one thread of the holder is inside `with_bytes`, another thread reads the secret's
+/// bytes through the address the first one handed out. The finding holds only when that read
+/// kills the holder with SIGSEGV *and* the fault is the protection key's (`SEGV_PKUERR`): a fault
+/// for another reason would not show that the access opened the secret to its own thread only.
+/// Under page protection the read goes through (the pages are open to every thread while an
+/// access runs); the finding says so, and the report judges it against the strategy the secret
+/// got. Before the read, `/proc/PID/smaps` shows from outside which key the pages carry.
+///
+/// # Errors
+/// [`ProbeError::Broken`] when the holder misbehaves.
+pub fn read_from_another_thread(options: &HolderOptions) -> Result<Finding, ProbeError> {
+    const COMMAND: &str = "read-from-another-thread";
+    let mut holder = Holder::spawn(options)?;
+    let mut finding = Finding::new(
+        "P8",
+        "another thread reads the bytes while a thread is inside with_bytes",
+        Some(&holder.ready),
+    );
+    finding.saw(format!(
+        "the library reports strategy {} for the secret",
+        holder.ready.strategy
+    ));
+    let pid = holder.pid();
+    let entries = super::smaps::smaps(pid)
+        .map_err(|e| ProbeError::Broken(format!("reading /proc/{pid}/smaps: {e}")))?;
+    match super::smaps::entry_at(&entries, holder.ready.addr).map(|e| e.protection_key) {
+        Some(Some(key)) => finding.saw(format!(
+            "/proc/PID/smaps: the secret's mapping has ProtectionKey {key}"
+        )),
+        Some(None) => {
+            finding.saw("/proc/PID/smaps shows no ProtectionKey (the kernel has no keys)")
+        }
+        None => {
+            return Err(ProbeError::Broken(format!(
+                "no mapping contains the secret's address {:#x}",
+                holder.ready.addr
+            )))
+        }
+    }
+    holder.send(COMMAND)?;
+    let reading = holder.answer(COMMAND)?;
+    let Some(target) = reading.strip_prefix("reading ") else {
+        return Err(ProbeError::Broken(format!(
+            "holder answered {reading:?} to {COMMAND:?}"
+        )));
+    };
+    finding.saw(format!(
+        "a thread without an access read {target} while another thread was inside with_bytes"
+    ));
+    match holder.await_death(COMMAND)? {
+        Death::Died {
+            signal: Some(libc::SIGSEGV),
+            fault: Some(fault),
+        } if fault.code == SEGV_PKUERR => finding.saw(format!(
+            "killed by {}",
+            death_text(libc::SIGSEGV, Some(&fault))
+        )),
+        Death::Died {
+            signal: Some(libc::SIGSEGV),
+            fault: Some(fault),
+        } => finding.broke(format!(
+            "the read faulted, but not on the protection key ({}), so it does not show that \
+             the access was open to its own thread only",
+            fault_cause(&fault)
+        )),
+        Death::Died {
+            signal: Some(libc::SIGSEGV),
+            fault: None,
+        } => finding.broke(
+            "killed by SIGSEGV, but its fault handler reported no si_code, so the fault cannot \
+             be told to be the protection key's",
+        ),
+        Death::Died {
+            signal: Some(signal),
+            ..
+        } => finding.broke(format!(
+            "the holder died of {} instead of SIGSEGV",
+            signal_name(signal)
+        )),
+        Death::Died { signal: None, .. } => {
+            finding.broke("the holder exited instead of faulting");
+        }
+        Death::Answered(answer) if answer.starts_with("read ") => {
+            finding.broke(format!(
+                "the read went through: the holder answered {answer:?}"
+            ));
+            holder.call("exit", "bye")?;
+        }
+        Death::Answered(answer) => {
+            return Err(ProbeError::Broken(format!(
+                "holder answered {answer:?} to {COMMAND:?}"
+            )))
+        }
+    }
     Ok(finding)
 }

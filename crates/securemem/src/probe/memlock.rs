@@ -57,12 +57,15 @@ pub fn limit(options: &HolderOptions, mlock: MlockArg) -> Result<Finding, ProbeE
     let created: Vec<&String> = lines.iter().filter(|l| l.starts_with("created ")).collect();
     let locked = created.iter().filter(|l| l.contains("locked=true")).count();
     let unlocked = created.len() - locked;
-    if let Some(backing) = created.first().and_then(|l| {
-        l.split_whitespace()
-            .find_map(|kv| kv.strip_prefix("backing="))
-    }) {
-        finding.backing = backing.to_string();
-    }
+    let first = |key: &str| {
+        created.first().and_then(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+        })
+    };
+    finding.backing = first("backing").unwrap_or_default();
+    finding.strategy = first("strategy").unwrap_or_default();
     let error = lines.iter().find(|l| l.starts_with("error "));
     finding.saw(format!(
         "{} secrets created ({locked} locked, {unlocked} not locked)",

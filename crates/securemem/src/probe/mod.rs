@@ -56,7 +56,7 @@ impl std::error::Error for ProbeError {}
 /// What one probe saw.
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
-    /// The promise (`P1` ... `P7`).
+    /// The promise (`P1` ... `P8`).
     pub promise: &'static str,
     /// What the probe did, in a few words.
     pub probe: String,
@@ -67,6 +67,9 @@ pub struct Finding {
     /// The backing the holder's secret got (`secretmem` or `anonymous`); empty when the probe
     /// ran no marker holder.
     pub backing: String,
+    /// The strategy the holder's secret got (`page-protection` or `protection-key`); empty when
+    /// the probe ran no marker holder.
+    pub strategy: String,
     /// What the library reported for the secret (`Secret::protection`).
     #[serde(skip)]
     pub ready: Option<Ready>,
@@ -84,6 +87,7 @@ impl Finding {
             holds: true,
             evidence: Vec::new(),
             backing: ready.map(|r| r.backing.clone()).unwrap_or_default(),
+            strategy: ready.map(|r| r.strategy.clone()).unwrap_or_default(),
             ready: ready.cloned(),
             broken_at: Vec::new(),
         }
@@ -114,12 +118,16 @@ impl Finding {
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let got: Vec<&str> = [self.backing.as_str(), self.strategy.as_str()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
         write!(
             f,
             "{} {} [{}]: {}: {}",
             self.promise,
             self.probe,
-            self.backing,
+            got.join(", "),
             if self.holds { "holds" } else { "BROKEN" },
             self.evidence.join("; ")
         )

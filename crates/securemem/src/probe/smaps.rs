@@ -16,6 +16,9 @@ pub struct SmapsEntry {
     pub rss_kb: u64,
     /// `Locked:` in kB.
     pub locked_kb: u64,
+    /// `ProtectionKey:` (the memory protection key the pages are tagged with), where the kernel
+    /// shows it: on a CPU with protection keys.
+    pub protection_key: Option<u64>,
     /// `VmFlags:` two-letter flags (`lo` locked, `dd` don't dump, `wf` wipe on fork, `dc` don't
     /// copy on fork, ...).
     pub flags: Vec<String>,
@@ -52,6 +55,7 @@ pub fn smaps(pid: i32) -> std::io::Result<Vec<SmapsEntry>> {
                     "Size" => entry.size_kb = kb(),
                     "Rss" => entry.rss_kb = kb(),
                     "Locked" => entry.locked_kb = kb(),
+                    "ProtectionKey" => entry.protection_key = Some(kb()),
                     "VmFlags" => {
                         entry.flags = value.split_whitespace().map(str::to_string).collect();
                     }
@@ -66,6 +70,11 @@ pub fn smaps(pid: i32) -> std::io::Result<Vec<SmapsEntry>> {
         });
     }
     Ok(entries)
+}
+
+/// The smaps entry of the mapping that contains `addr`.
+pub fn entry_at(entries: &[SmapsEntry], addr: usize) -> Option<&SmapsEntry> {
+    around(entries, addr).map(|(_, entry, _)| entry)
 }
 
 /// Finds the smaps entry of the mapping that contains `addr`, and its neighbours.

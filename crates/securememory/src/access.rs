@@ -120,11 +120,10 @@ pub(crate) trait Gate {
         false
     }
     /// The epoch of the process the memory was made in (see `sys::process_epoch`): readers
-    /// publish under it, and writers and `close` look for readers of it only. Gates of tests,
-    /// which never fork, keep the default.
-    fn epoch(&self) -> u64 {
-        1
-    }
+    /// publish under it, and writers and `close` look for readers of it only. Lines of other
+    /// epochs are taken for a forked child's leftovers and handed to new threads, so every gate
+    /// of a process must answer the same.
+    fn epoch(&self) -> u64;
 }
 
 /// `close` has started: no new access may begin.

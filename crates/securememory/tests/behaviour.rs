@@ -4,7 +4,7 @@
 mod common;
 
 use securememory::{
-    Backing, Error, MlockPolicy, ProtectedMemorySecretFactory, Secret, SecretFactory,
+    Backing, Error, MlockPolicy, ProtectedMemorySecretFactory, Secret, SecretFactory, Strategy,
 };
 use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -13,6 +13,10 @@ fn factories() -> Vec<(&'static str, ProtectedMemorySecretFactory)> {
     let mut all = vec![
         ("default", common::default_factory()),
         ("anonymous", common::factory(Backing::Anonymous)),
+        (
+            "page-protection",
+            common::builder().strategy(Strategy::PageProtection).build(),
+        ),
         (
             "no-guard-pages",
             common::builder().guard_pages(false).build(),

@@ -530,7 +530,7 @@ fn close_and_drop_while_another_thread_holds_an_access(write: bool) {
     const KEY: [u8; 32] = [7; 32];
     const WRITTEN: [u8; 32] = [8; 32];
     let expected = if write { WRITTEN } else { KEY };
-    for backing in common::BACKINGS {
+    for backing in common::SETUPS {
         let factory = common::factory(backing);
         let closed = Arc::new(factory.new(&mut KEY.clone()).unwrap());
         let dropped = Arc::new(factory.new(&mut KEY.clone()).unwrap());
@@ -623,7 +623,7 @@ fn close_and_drop_in_a_forked_child_return_although_a_thread_was_inside_with_byt
 #[test]
 fn a_child_made_with_the_raw_fork_system_call_is_refused_access() {
     common::in_child_process!();
-    for backing in common::BACKINGS {
+    for backing in common::SETUPS {
         let secret = common::factory(backing).new(&mut [7; 32]).unwrap();
         let label = format!("{backing:?} ({:?})", secret.protection().backing);
         let pid = raw_fork();
@@ -672,7 +672,7 @@ fn fork_inside_own_callback(write: bool) {
     } else {
         "with_bytes"
     };
-    for backing in common::BACKINGS {
+    for backing in common::SETUPS {
         let secret = common::factory(backing).new(&mut KEY.clone()).unwrap();
         let label = format!("{backing:?} ({:?})", secret.protection().backing);
         let mut forked = None;

@@ -11,7 +11,7 @@ const PAGE: usize = 4096;
 #[test]
 fn closed_secret_pages_are_unmapped() {
     common::in_child_process!();
-    for backing in common::BACKINGS {
+    for backing in common::SETUPS {
         let factory = common::factory(backing);
         let secret = factory.create_random(100).unwrap();
         let address = secret.with_bytes(|b| b.as_ptr() as usize).unwrap();
@@ -62,11 +62,8 @@ fn limit_memory_locking() -> u64 {
 fn mlock_required_fails_with_a_clear_error_once_the_limit_is_used() {
     common::in_child_process!();
     let limit = limit_memory_locking();
-    for backing in common::BACKINGS {
-        let factory = common::builder()
-            .backing(backing)
-            .mlock(MlockPolicy::Required)
-            .build();
+    for backing in common::SETUPS {
+        let factory = backing.builder().mlock(MlockPolicy::Required).build();
         let mut held = Vec::new();
         let error = loop {
             let mut source = [0xabu8; 100];
@@ -129,11 +126,8 @@ fn mlock_required_fails_with_a_clear_error_once_the_limit_is_used() {
 fn mlock_best_effort_continues_unlocked_and_reports_it() {
     common::in_child_process!();
     limit_memory_locking();
-    for backing in common::BACKINGS {
-        let factory = common::builder()
-            .backing(backing)
-            .mlock(MlockPolicy::BestEffort)
-            .build();
+    for backing in common::SETUPS {
+        let factory = backing.builder().mlock(MlockPolicy::BestEffort).build();
         let secrets: Vec<_> = (0..40)
             .map(|i| factory.new(&mut [i as u8; 32]).unwrap())
             .collect();
@@ -152,7 +146,7 @@ fn mlock_best_effort_continues_unlocked_and_reports_it() {
 #[test]
 fn access_in_a_forked_child_fails_closed() {
     common::in_child_process!();
-    for backing in common::BACKINGS {
+    for backing in common::SETUPS {
         let secret = common::factory(backing).new(&mut [7; 32]).unwrap();
         // SAFETY: this child test process runs one test on one thread; the forked process only
         // makes the accesses below and leaves with _exit.
@@ -336,7 +330,7 @@ fn running_out_of_mappings_is_reported_as_the_mapping_limit() {
         split.push(i);
     }
     assert!(split.len() < pages / 2 - 1, "never reached the limit");
-    for backing in common::BACKINGS {
+    for backing in common::SETUPS {
         // Leave room for a few mappings, so that the library runs out of its own accord.
         for i in split.drain(split.len() - 3..) {
             // SAFETY: as above.
@@ -381,7 +375,7 @@ fn mem_available() -> u64 {
 fn a_secret_larger_than_available_memory_is_refused_before_it_is_touched() {
     common::in_child_process!();
     let len = usize::try_from(mem_available() + (1 << 30)).unwrap();
-    for backing in common::BACKINGS {
+    for backing in common::SETUPS {
         let factory = common::factory(backing);
         let error = factory.create_random(len).unwrap_err();
         match &error {
@@ -457,7 +451,7 @@ fn a_secret_larger_than_its_memory_cgroup_allows_is_refused_before_it_is_touched
         .find(|p| p.ends_with(format!("securememory-test-{parent_pid}")))
         .unwrap();
     std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).unwrap();
-    for backing in common::BACKINGS {
+    for backing in common::SETUPS {
         let factory = common::factory(backing);
         let error = factory.create_random(1 << 30).unwrap_err();
         match &error {

@@ -39,6 +39,9 @@ impl Gate for CheckingGate {
         );
         Ok(())
     }
+    fn epoch(&self) -> u64 {
+        1
+    }
 }
 
 impl CheckingGate {
@@ -270,6 +273,9 @@ impl Gate for PerThreadGate {
     fn shared(&self) -> bool {
         false
     }
+    fn epoch(&self) -> u64 {
+        1
+    }
 }
 
 impl PerThreadGate {
@@ -353,6 +359,9 @@ impl Gate for WatchedBytes {
     }
     fn shared(&self) -> bool {
         false
+    }
+    fn epoch(&self) -> u64 {
+        1
     }
 }
 

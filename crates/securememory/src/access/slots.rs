@@ -144,17 +144,22 @@ impl Table {
         None
     }
 
-    /// Gives a line back when its thread exits. A line with an entry still published (a thread
-    /// that ended inside a read) is kept out of use for good.
+    /// Gives a line claimed in `epoch` back when its thread exits. A line with an entry still
+    /// published (a thread that ended inside a read) is kept out of use for good; one taken over
+    /// since (this thread forked, and a thread of the child claimed it) is no longer this
+    /// thread's to give.
     #[cfg_attr(loom, allow(dead_code))]
-    fn release(&self, line: &Line) {
+    fn release(&self, line: &Line, epoch: u64) {
         if line
             .entries
             .iter()
             .all(|entry| entry.load(Ordering::Relaxed) == 0)
         {
-            // Release: the next owner's claim sees the entries clear.
-            line.owner.store(FREE, Ordering::Release);
+            // Release: the next owner's claim sees the entries clear. A failure means the line
+            // is another thread's now.
+            let _ = line
+                .owner
+                .compare_exchange(epoch, FREE, Ordering::Release, Ordering::Relaxed);
         }
     }
 
@@ -201,7 +206,7 @@ struct Claimed {
 impl Drop for Claimed {
     fn drop(&mut self) {
         if let Some(line) = self.line.get() {
-            table().release(line);
+            table().release(line, self.epoch.get());
         }
     }
 }
@@ -291,7 +296,7 @@ mod tests {
             lines.iter().map(|line| *line as *const Line).collect();
         assert_eq!(distinct.len(), LINES);
         assert_eq!(table.claimed.load(Ordering::Relaxed), LINES);
-        table.release(lines[5]);
+        table.release(lines[5], 1);
         assert!(std::ptr::eq(table.claim(1).unwrap(), lines[5]));
     }
 
@@ -300,7 +305,7 @@ mod tests {
         let table = Table::new();
         let line = table.claim(1).unwrap();
         line.publish(0x1000).unwrap();
-        table.release(line);
+        table.release(line, 1);
         assert!(!std::ptr::eq(table.claim(1).unwrap(), line));
         assert!(table.published(0x1000, 1));
     }
@@ -318,6 +323,13 @@ mod tests {
         assert!(!table.published(0x1000, 1), "its entries were cleared");
         assert!(child.publish(0x1000).is_some());
         assert!(table.published(0x1000, 2));
+        child.entries[0].store(0, Ordering::Relaxed);
+        table.release(parent, 1);
+        assert_eq!(
+            child.owner.load(Ordering::Relaxed),
+            2,
+            "the parent's thread gave away a line it no longer owns"
+        );
     }
 
     #[test]

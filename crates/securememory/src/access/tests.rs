@@ -38,6 +38,9 @@ impl Gate for FakeGate {
     fn inherited(&self) -> bool {
         self.inherited.get()
     }
+    fn epoch(&self) -> u64 {
+        crate::sys::process_epoch()
+    }
 }
 
 /// A gate for tests with threads: counts opens and checks that the memory is opened and
@@ -73,6 +76,9 @@ impl Gate for SharedGate {
             "closed memory that was not open"
         );
         Ok(())
+    }
+    fn epoch(&self) -> u64 {
+        crate::sys::process_epoch()
     }
 }
 
@@ -657,6 +663,9 @@ impl Gate for PerThreadGate {
     fn shared(&self) -> bool {
         false
     }
+    fn epoch(&self) -> u64 {
+        crate::sys::process_epoch()
+    }
 }
 
 struct PerThread {
@@ -673,7 +682,7 @@ fn per_thread() -> Arc<PerThread> {
 
 /// Whether some thread has a read of `access` published.
 fn published(access: &Access) -> bool {
-    slots::table().published(access.address(), 1)
+    slots::table().published(access.address(), crate::sys::process_epoch())
 }
 
 /// Starts a thread that reads with `entry` through its own line, reports whether it got in and

@@ -10,8 +10,46 @@ pub use process::*;
 
 use securememory::{Backing, FactoryBuilder, ProtectedMemorySecretFactory, Strategy};
 
-/// The backings most rules are checked with: the default, and anonymous memory.
-pub const BACKINGS: [Backing; 2] = [Backing::Auto, Backing::Anonymous];
+/// One way of making secrets that rules are checked with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    pub backing: Backing,
+    pub strategy: Strategy,
+}
+
+impl From<Backing> for Setup {
+    fn from(backing: Backing) -> Setup {
+        Setup {
+            backing,
+            strategy: Strategy::Auto,
+        }
+    }
+}
+
+impl Setup {
+    /// A builder for a test's factory with this backing and strategy.
+    pub fn builder(self) -> FactoryBuilder {
+        builder().backing(self.backing).strategy(self.strategy)
+    }
+}
+
+/// The setups most rules are checked with: the defaults (protection keys with secret memory on
+/// a CPU that has them), page protection with the default backing, and anonymous memory (page
+/// protection, which `Strategy::Auto` keeps for it).
+pub const SETUPS: [Setup; 3] = [
+    Setup {
+        backing: Backing::Auto,
+        strategy: Strategy::Auto,
+    },
+    Setup {
+        backing: Backing::Auto,
+        strategy: Strategy::PageProtection,
+    },
+    Setup {
+        backing: Backing::Anonymous,
+        strategy: Strategy::Auto,
+    },
+];
 
 /// A builder for a test's factory (starting from the defaults).
 pub fn builder() -> FactoryBuilder {
@@ -24,9 +62,9 @@ pub fn default_factory() -> ProtectedMemorySecretFactory {
     builder().build()
 }
 
-/// The default factory but for `backing`.
-pub fn factory(backing: Backing) -> ProtectedMemorySecretFactory {
-    builder().backing(backing).build()
+/// The default factory but for the backing (and strategy) of `setup`.
+pub fn factory(setup: impl Into<Setup>) -> ProtectedMemorySecretFactory {
+    setup.into().builder().build()
 }
 
 /// A factory for `Strategy::ProtectionKey`, where this machine has protection keys; `None`
@@ -41,11 +79,15 @@ pub fn protection_key_factory() -> Option<ProtectedMemorySecretFactory> {
     }
 }
 
-/// The configurations most rules are checked with: both backings under page protection, and
-/// protection keys where this machine has them.
+/// The configurations most rules are checked with: the defaults, page protection with each
+/// backing, and protection keys where this machine has them.
 pub fn configurations() -> Vec<(&'static str, ProtectedMemorySecretFactory)> {
     let mut all = vec![
         ("auto", factory(Backing::Auto)),
+        (
+            "page-protection",
+            builder().strategy(Strategy::PageProtection).build(),
+        ),
         ("anonymous", factory(Backing::Anonymous)),
     ];
     all.extend(protection_key_factory().map(|f| ("protection-key", f)));

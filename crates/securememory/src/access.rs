@@ -29,6 +29,7 @@
 //! | [`WRITER_WAITING`] | `Waiting::writers` is not zero | a writer registering in `write` (mutex held) | the last registered writer to get in or give up (mutex held) |
 //! | [`OPEN`] | readable; readers may join without a protection change | the first reader in (mutex held); a failed conceal | the last reader out, a writer getting in (mutex held) |
 //! | [`RELEASED`] | the memory is torn down | `close` after its teardown; `close_in_forked_child` | never |
+//! | [`PUBLISHED`] | a reader has published a read (writers and `close` must scan) | the first reader to publish | never |
 //! | reader count | counted readers inside | the fast path (needs `OPEN`), the slow path (mutex held) | `leave_read` (the last reader with the mutex held) |
 //!
 //! Which parts go together:
@@ -40,7 +41,7 @@
 //!   thread, and there is nothing to close between accesses).
 //! - `RELEASED` comes only with `CLOSED`. After `close` it also means no writer and no reader;
 //!   after `close_in_forked_child` the rest of the word is left as the fork found it.
-//! - `WRITER_WAITING` and `CLOSED` go with anything.
+//! - `WRITER_WAITING`, `CLOSED` and `PUBLISHED` go with anything.
 //!
 //! The mutex guards [`Waiting`]: the registered writers, the write phase, and the readers waiting
 //! on the slow path (`queued` in the current phase, `overdue` since the last write ended).
@@ -65,9 +66,7 @@
 //! several secrets in one global order.
 
 use crate::error::Error;
-use crate::sync::{
-    barrier_all_threads, fence, light_barrier, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
-};
+use crate::sync::{light_barrier, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 use std::time::Duration;
 
 mod slots;
@@ -139,8 +138,11 @@ const WRITER_WAITING: usize = 1 << 2;
 const OPEN: usize = 1 << 3;
 /// The memory is torn down: by `close` after its teardown, or by `close_in_forked_child`.
 const RELEASED: usize = 1 << 4;
+/// Some reader has published a read of this secret in its thread's line (see [`slots`]), so
+/// writers and `close` must look for published readers.
+const PUBLISHED: usize = 1 << 5;
 /// One reader; the count occupies the bits from here up.
-const ONE_READER: usize = 1 << 5;
+const ONE_READER: usize = 1 << 6;
 
 /// What keeps a fresh reader off the fast path (besides memory that is not open).
 const FRESH_BLOCKERS: usize = CLOSED | WRITING | WRITER_WAITING;
@@ -253,8 +255,14 @@ impl Access {
     fn try_publish<'a>(&self, line: &'a Line, blockers: usize) -> Option<&'a AtomicUsize> {
         let published = line.publish(self.address())?;
         // Acquire pairs with the Release of a writer that left before: its write happens before
-        // this read. The publication fence orders this load after the entry's store.
-        if self.state.load(Ordering::Acquire) & blockers == 0 {
+        // this read. The publication's barrier orders this load after the entry's store.
+        let mut state = self.state.load(Ordering::Acquire);
+        if state & PUBLISHED == 0 {
+            // Once per secret. A writer or closer whose flag comes first in this word's order
+            // is seen here; one whose flag comes later sees PUBLISHED and scans.
+            state = self.state.fetch_or(PUBLISHED, Ordering::AcqRel);
+        }
+        if state & blockers == 0 {
             return Some(published);
         }
         self.withdraw(published);
@@ -271,9 +279,14 @@ impl Access {
         light_barrier();
         // Relaxed: the mutex orders the wake-up.
         if self.state.load(Ordering::Relaxed) & (WRITER_WAITING | WRITING | CLOSED) != 0 {
-            let _waiting = self.waiting.lock();
-            self.changed.notify_all();
+            self.wake_waiters();
         }
+    }
+
+    #[cold]
+    fn wake_waiters(&self) {
+        let _waiting = self.waiting.lock();
+        self.changed.notify_all();
     }
 
     /// Waits until no thread has a read of this access published; with the mutex held, after
@@ -281,28 +294,30 @@ impl Access {
     /// (`WRITER_WAITING` for fresh readers, `CLOSED` for all) with a read-modify-write. Returns
     /// whether it had to wait (and so let go of the mutex meanwhile).
     fn drain_published<G: Gate>(&self, gate: &G, waiting: &mut MutexGuard<'_, Waiting>) -> bool {
-        // The flag's store, then the scan: a reader publishing meanwhile either sees the flag
-        // (and withdraws) or is seen here.
-        fence(Ordering::SeqCst);
+        // Acquire, after this thread's read-modify-write of its flag: a reader that published
+        // before it also set PUBLISHED before it.
+        if self.state.load(Ordering::Acquire) & PUBLISHED == 0 {
+            return false;
+        }
         let table = slots::table();
         let (address, epoch) = (self.address(), gate.epoch());
         let mut waited = false;
-        while table.published(address, epoch) {
+        loop {
+            // Every read published before the flag is now seen; a reader that withdraws after
+            // every thread fenced sees the flag and notifies under the mutex, which this thread
+            // holds until it waits.
+            let every_thread_fenced = slots::see_publications();
+            if !table.published(address, epoch) {
+                return waited;
+            }
             waited = true;
-            if barrier_all_threads() {
-                // Every reader that withdrew before the barrier is now seen gone; one that
-                // withdraws after it sees the flag and notifies under the mutex, which this
-                // thread holds until it waits.
-                if !table.published(address, epoch) {
-                    break;
-                }
+            if every_thread_fenced {
                 self.changed.wait(waiting);
             } else {
-                // No barrier: a reader's withdrawal may go unseen by both sides for a moment.
+                // A reader's withdrawal may go unseen by both sides for a moment.
                 self.changed.wait_timeout(waiting, Duration::from_millis(1));
             }
         }
-        waited
     }
 
     /// Starts an exclusive write; waits for readers and other writers to leave.
@@ -567,8 +582,8 @@ impl Access {
         if self.drain_published(gate, waiting) {
             return None;
         }
-        // AcqRel: a read-modify-write, which the fence below orders before the scan. Counted
-        // readers join only with the mutex or with OPEN, which this clears.
+        // AcqRel: a read-modify-write, after which readers no longer publish. Counted readers
+        // join only with the mutex or with OPEN, which this clears.
         self.state
             .compare_exchange(
                 state,
@@ -577,8 +592,13 @@ impl Access {
                 Ordering::Relaxed,
             )
             .ok()?;
-        fence(Ordering::SeqCst);
-        let refused = if slots::table().published(self.address(), gate.epoch()) {
+        // Without PUBLISHED when the flag went in, every reader to publish since sees the flag
+        // (see `try_publish`); with it, one that published before the flag must be seen here.
+        let slipped_in = state & PUBLISHED != 0 && {
+            slots::see_publications();
+            slots::table().published(self.address(), gate.epoch())
+        };
+        let refused = if slipped_in {
             None
         } else {
             match gate.expose(Mode::Write) {

@@ -377,11 +377,25 @@ impl WatchedBytes {
     }
 }
 
+/// Publishes and ends one read on the calling thread, so that the secret's `PUBLISHED` flag is
+/// set and later publications rely on the barriers alone (the first one sets the flag with a
+/// read-modify-write, which orders it by itself).
+fn publish_once(access: &Access, bytes: &WatchedBytes) {
+    let line = slots::table().claim(1).expect("a free line");
+    let held = access.read(bytes, Entry::Fresh, Some(line)).unwrap();
+    bytes.read();
+    held.finish().unwrap();
+}
+
 /// A reader that publishes in its line (its thread's own), and a writer: each sees the other's
-/// bytes whole or not at all.
-fn published_read_beside_a_write(entry: Entry) {
+/// bytes whole or not at all. With `flagged`, the secret was published before, so the reader's
+/// publication is ordered by the barriers only.
+fn published_read_beside_a_write(entry: Entry, flagged: bool) {
     let access = Arc::new(Access::new());
     let bytes = Arc::new(WatchedBytes::default());
+    if flagged {
+        publish_once(&access, &bytes);
+    }
     let reader = {
         let (access, bytes) = (access.clone(), bytes.clone());
         thread::spawn(move || {
@@ -400,53 +414,71 @@ fn published_read_beside_a_write(entry: Entry) {
     access.close(&*bytes, || Ok(())).unwrap();
 }
 
-/// A fresh reader publishing its read, racing a writer.
+/// A fresh reader publishing the secret's first read, racing a writer.
+#[test]
+fn loom_a_first_published_read_and_a_write_exclude_each_other() {
+    ::loom::model(|| published_read_beside_a_write(Entry::Fresh, false));
+}
+
+/// A fresh reader publishing a later read (ordered by the barriers alone), racing a writer.
 #[test]
 fn loom_a_published_read_and_a_write_exclude_each_other() {
-    ::loom::model(|| published_read_beside_a_write(Entry::Fresh));
+    ::loom::model(|| published_read_beside_a_write(Entry::Fresh, true));
 }
 
 /// A reader that holds another secret passes a waiting writer and publishes; the writer must
 /// still find it once it sets `WRITING`.
 #[test]
 fn loom_a_read_holding_another_secret_slips_past_no_writer() {
-    ::loom::model(|| published_read_beside_a_write(Entry::HoldingAnother));
+    ::loom::model(|| published_read_beside_a_write(Entry::HoldingAnother, true));
 }
 
 /// `close` waits for a published read before wiping; a read that starts after it is refused.
-#[test]
-fn loom_close_waits_for_a_published_read() {
-    ::loom::model(|| {
-        let access = Arc::new(Access::new());
-        let bytes = Arc::new(WatchedBytes::default());
-        let reader = {
-            let (access, bytes) = (access.clone(), bytes.clone());
-            thread::spawn(move || {
-                let line = slots::table().claim(1).expect("a free line");
-                if let Ok(held) = access.read(&*bytes, Entry::Fresh, Some(line)) {
-                    bytes.read();
-                    held.finish().unwrap();
-                }
-            })
-        };
-        access
-            .close(&*bytes, || {
-                bytes.write(0);
-                Ok(())
-            })
-            .unwrap();
-        reader.join().unwrap();
-    });
+fn close_beside_a_published_read(flagged: bool) {
+    let access = Arc::new(Access::new());
+    let bytes = Arc::new(WatchedBytes::default());
+    if flagged {
+        publish_once(&access, &bytes);
+    }
+    let reader = {
+        let (access, bytes) = (access.clone(), bytes.clone());
+        thread::spawn(move || {
+            let line = slots::table().claim(1).expect("a free line");
+            if let Ok(held) = access.read(&*bytes, Entry::Fresh, Some(line)) {
+                bytes.read();
+                held.finish().unwrap();
+            }
+        })
+    };
+    access
+        .close(&*bytes, || {
+            bytes.write(0);
+            Ok(())
+        })
+        .unwrap();
+    reader.join().unwrap();
 }
 
-/// Without the fence between publishing a read and checking the state word, a reader and a
-/// writer can each miss the other (store buffering): the model checker must find the race.
+#[test]
+fn loom_close_waits_for_a_first_published_read() {
+    ::loom::model(|| close_beside_a_published_read(false));
+}
+
+#[test]
+fn loom_close_waits_for_a_published_read() {
+    ::loom::model(|| close_beside_a_published_read(true));
+}
+
+/// Without the barrier between publishing a read and checking the state word, a reader and a
+/// writer can each miss the other (store buffering): the model checker must find them inside
+/// together.
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn loom_without_the_publication_fence_a_read_overlaps_a_write() {
     ::loom::model(|| {
         let access = Arc::new(Access::new());
         let bytes = Arc::new(WatchedBytes::default());
+        publish_once(&access, &bytes);
         let reader = {
             let (access, bytes) = (access.clone(), bytes.clone());
             thread::spawn(move || {

@@ -3,14 +3,21 @@
 //!
 //! Every thread that reads such secrets claims one [`Line`] of a process-wide table, once, and
 //! keeps it until it exits. A read *publishes* the secret's address in a free entry of the
-//! thread's own line, issues one full fence, and then checks the secret's state word (a load:
-//! the line stays shared in every reader's cache). Writers and `close` do the mirror image: they
-//! set a flag in the state word with a read-modify-write, fence, and scan the table for entries
-//! naming the secret. Of a reader and a writer racing, at least one sees the other (the classic
-//! store-buffering pattern with a fence on each side): either the reader sees the flag and backs
-//! off to the counted path, or the writer sees the entry and waits for it to go. This is the
-//! biased reader-writer lock of Dice and Kogan (BRAVO, USENIX ATC 2019), with a slot per thread
-//! instead of a hashed one, so two threads never share a line.
+//! thread's own line, then checks the secret's state word (a load: the word stays shared in every
+//! reader's cache). Writers and `close` do the mirror image: they set a flag in the state word
+//! with a read-modify-write, fence, and scan the table for entries naming the secret. Of a reader
+//! and a writer racing, at least one sees the other (the classic store-buffering pattern with a
+//! fence on each side): either the reader sees the flag and backs off to the counted path, or the
+//! writer sees the entry and waits for it to go. This is the biased reader-writer lock of Dice
+//! and Kogan (BRAVO, USENIX ATC 2019), with a slot per thread instead of a hashed one, so two
+//! threads never share a line.
+//!
+//! The reader's fence is asymmetric where the OS allows: the reader only keeps the compiler from
+//! reordering ([`light_barrier`]), and a writer or closer makes every running thread of the
+//! process execute a full fence before it scans ([`barrier_all_threads`], `membarrier(2)`). The
+//! expensive side runs only for secrets some reader ever published (the state word's `PUBLISHED`
+//! flag, set once per secret by its first publisher with a read-modify-write), so a secret made
+//! and closed without a read pays nothing. Where no such barrier exists, readers fence.
 //!
 //! Leaving needs no fence: the reader clears its entry and, when the state word says someone
 //! may be waiting, notifies. A waiter that still sees the entry first forces every thread of the
@@ -25,7 +32,7 @@
 //! epochs, and a thread whose line is from an earlier epoch claims one afresh. A line of an
 //! earlier epoch is free for the taking.
 
-use crate::sync::{fence, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{barrier_all_threads, fence, light_barrier, AtomicU64, AtomicUsize, Ordering};
 
 /// Reads one thread may have published at once (nested reads of different secrets); further ones
 /// take the counted path.
@@ -66,8 +73,8 @@ impl Line {
         }
     }
 
-    /// Publishes a read of `address` and fences; `None` when every entry is taken. Called by the
-    /// owner only.
+    /// Publishes a read of `address`; `None` when every entry is taken. Called by the owner
+    /// only, after claiming the line.
     #[inline]
     pub(crate) fn publish(&self, address: usize) -> Option<&AtomicUsize> {
         // Relaxed: only the owner writes its entries, so it reads its own last store.
@@ -75,21 +82,99 @@ impl Line {
             .entries
             .iter()
             .find(|entry| entry.load(Ordering::Relaxed) == 0)?;
-        // Relaxed: the fence below orders it before the state word's load.
+        // Relaxed: the barrier below orders it before the state word's load.
         entry.store(address, Ordering::Relaxed);
         #[cfg(loom)]
-        let fenced = self
+        if self
             .publication_fence
-            .load(std::sync::atomic::Ordering::Relaxed);
-        #[cfg(not(loom))]
-        let fenced = true;
-        if fenced {
-            // The store above, then the caller's load of the state word: a writer or closer sets
-            // its flag, fences, then scans. One of the two sees the other.
-            fence(Ordering::SeqCst);
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            light_barrier();
         }
+        #[cfg(not(loom))]
+        publication_barrier();
         Some(entry)
     }
+}
+
+/// How readers order their publication before their load of the state word: not decided yet,
+/// with a fence of their own, or with only the cheap side of an asymmetric fence (writers and
+/// `close` then make every thread fence before they scan).
+#[cfg(not(loom))]
+static PUBLICATION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNDECIDED);
+#[cfg(not(loom))]
+const UNDECIDED: u8 = 0;
+#[cfg(not(loom))]
+const FENCED: u8 = 1;
+#[cfg(not(loom))]
+const ASYMMETRIC: u8 = 2;
+
+/// The store of a publication, then the load of the state word: a writer or closer sets its
+/// flag, makes the publications visible ([`see_publications`]), then scans. One of the two sees
+/// the other. Where the OS can make every thread fence on demand, the reader's side costs nothing
+/// at run time.
+#[cfg(not(loom))]
+#[inline]
+fn publication_barrier() {
+    // Relaxed: decided before this thread's first publication (in `claim`), never changed.
+    if PUBLICATION.load(std::sync::atomic::Ordering::Relaxed) == ASYMMETRIC {
+        light_barrier();
+    } else {
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// Decides, once per process and before any publication, whether readers need a fence of their
+/// own.
+#[cfg(not(loom))]
+#[cold]
+fn decide_publication_barrier() {
+    use std::sync::atomic::Ordering::Relaxed;
+    if PUBLICATION.load(Relaxed) == UNDECIDED {
+        let decided = if barrier_all_threads() {
+            ASYMMETRIC
+        } else {
+            FENCED
+        };
+        // The first decision stands: threads that published under it rely on it.
+        let _ = PUBLICATION.compare_exchange(UNDECIDED, decided, Relaxed, Relaxed);
+    }
+}
+
+/// After setting a flag that stops new publications (with a read-modify-write): makes every read
+/// published before the flag visible to this thread's scan. Returns whether every thread of the
+/// process was made to fence, so that a reader leaving from now on sees the flag.
+pub(crate) fn see_publications() -> bool {
+    if barrier_all_threads() {
+        return true;
+    }
+    fence(Ordering::SeqCst);
+    #[cfg(not(loom))]
+    if PUBLICATION.load(std::sync::atomic::Ordering::Relaxed) == ASYMMETRIC {
+        settle_unfenced_publications();
+    }
+    false
+}
+
+/// Readers publish without a fence, but the barrier that made that safe is refused now (a
+/// system-call filter installed since): give their stores the time to leave the CPUs' store
+/// buffers, which takes nanoseconds, many times over. Spins rather than sleeps: the filter may
+/// refuse sleeping too.
+#[cfg(not(loom))]
+#[cold]
+fn settle_unfenced_publications() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        log::warn!(
+            "membarrier(2) is refused now although it worked earlier (a system-call filter?): \
+             writers and close of secrets under protection keys now wait 50 µs for readers"
+        );
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_micros(50) {
+        std::hint::spin_loop();
+    }
+    fence(Ordering::SeqCst);
 }
 
 /// Clears a published entry. Release: the read it covered happens before a writer or closer
@@ -118,6 +203,8 @@ impl Table {
     /// process this one was forked from. `None` when every line is taken.
     pub(crate) fn claim(&self, epoch: u64) -> Option<&Line> {
         debug_assert!(epoch != FREE && epoch != CLAIMING);
+        #[cfg(not(loom))]
+        decide_publication_barrier();
         for (index, line) in self.lines.iter().enumerate() {
             // Relaxed: a guess for the CAS, which acquires.
             let owner = line.owner.load(Ordering::Relaxed);

@@ -49,11 +49,18 @@ const FREE: u64 = 0;
 /// A line being taken over: its entries are being cleared.
 const CLAIMING: u64 = u64::MAX;
 
+/// What a line's `owner` holds once claimed by a thread of the process in `epoch`: never
+/// [`FREE`] (where the OS has no forks, the epoch is zero) nor [`CLAIMING`].
+fn owner_in(epoch: u64) -> u64 {
+    epoch.wrapping_add(1).min(CLAIMING - 1)
+}
+
 /// One thread's slots. Aligned to two cache lines, which is what the adjacent-line prefetcher
 /// of x86 CPUs moves together: a reader's publication never disturbs another reader's line.
 #[repr(align(128))]
 pub(crate) struct Line {
-    /// The epoch of the process that claimed the line ([`FREE`] or [`CLAIMING`] otherwise).
+    /// [`owner_in`] the epoch of the process that claimed the line ([`FREE`] or [`CLAIMING`]
+    /// otherwise).
     owner: AtomicU64,
     /// Addresses of the secrets (their `Access`) that the owner is reading; zero when free. Only
     /// the owner writes them.
@@ -202,13 +209,13 @@ impl Table {
     /// Claims a line for a thread of the process in `epoch`: a free one, or one left by a
     /// process this one was forked from. `None` when every line is taken.
     pub(crate) fn claim(&self, epoch: u64) -> Option<&Line> {
-        debug_assert!(epoch != FREE && epoch != CLAIMING);
         #[cfg(not(loom))]
         decide_publication_barrier();
+        let mine = owner_in(epoch);
         for (index, line) in self.lines.iter().enumerate() {
             // Relaxed: a guess for the CAS, which acquires.
             let owner = line.owner.load(Ordering::Relaxed);
-            if owner == CLAIMING || owner == epoch {
+            if owner == CLAIMING || owner == mine {
                 continue;
             }
             if line
@@ -224,7 +231,7 @@ impl Table {
             }
             // Release: a scanner that sees the epoch sees the cleared entries. A reader's own
             // publication fence orders this before anything it publishes.
-            line.owner.store(epoch, Ordering::Release);
+            line.owner.store(mine, Ordering::Release);
             self.claimed.fetch_max(index + 1, Ordering::Release);
             return Some(line);
         }
@@ -244,9 +251,12 @@ impl Table {
         {
             // Release: the next owner's claim sees the entries clear. A failure means the line
             // is another thread's now.
-            let _ = line
-                .owner
-                .compare_exchange(epoch, FREE, Ordering::Release, Ordering::Relaxed);
+            let _ = line.owner.compare_exchange(
+                owner_in(epoch),
+                FREE,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -255,9 +265,10 @@ impl Table {
     pub(crate) fn published(&self, address: usize, epoch: u64) -> bool {
         // Acquire: pairs with the claim's Release, so the lines scanned are set up.
         let claimed = self.claimed.load(Ordering::Acquire);
+        let owner = owner_in(epoch);
         self.lines[..claimed].iter().any(|line| {
             // Acquire, here and for the entries: a cleared entry's read happened before.
-            line.owner.load(Ordering::Acquire) == epoch
+            line.owner.load(Ordering::Acquire) == owner
                 && line
                     .entries
                     .iter()
@@ -284,16 +295,16 @@ pub(crate) fn table() -> &'static Table {
 #[cfg(not(loom))]
 struct Claimed {
     line: std::cell::Cell<Option<&'static Line>>,
-    /// The epoch the line was claimed in (zero before the first claim): another one means this
-    /// thread is now in a forked child and must claim afresh.
-    epoch: std::cell::Cell<u64>,
+    /// The epoch the line was claimed in (`None` before the first claim): another one means
+    /// this thread is now in a forked child and must claim afresh.
+    epoch: std::cell::Cell<Option<u64>>,
 }
 
 #[cfg(not(loom))]
 impl Drop for Claimed {
     fn drop(&mut self) {
-        if let Some(line) = self.line.get() {
-            table().release(line, self.epoch.get());
+        if let (Some(line), Some(epoch)) = (self.line.get(), self.epoch.get()) {
+            table().release(line, epoch);
         }
     }
 }
@@ -303,7 +314,7 @@ thread_local! {
     static CLAIMED: Claimed = const {
         Claimed {
             line: std::cell::Cell::new(None),
-            epoch: std::cell::Cell::new(FREE),
+            epoch: std::cell::Cell::new(None),
         }
     };
 }
@@ -316,7 +327,7 @@ thread_local! {
 pub(crate) fn this_threads_line(epoch: u64) -> Option<&'static Line> {
     CLAIMED
         .try_with(|claimed| {
-            if claimed.epoch.get() == epoch {
+            if claimed.epoch.get() == Some(epoch) {
                 return claimed.line.get();
             }
             claim_for_this_thread(claimed, epoch)
@@ -332,7 +343,7 @@ fn claim_for_this_thread(claimed: &Claimed, epoch: u64) -> Option<&'static Line>
     // below may take it back.
     let line = table().claim(epoch);
     claimed.line.set(line);
-    claimed.epoch.set(epoch);
+    claimed.epoch.set(Some(epoch));
     line
 }
 
@@ -357,6 +368,17 @@ mod tests {
         assert!(!table.published(0x1000, 8), "a forked child's scan");
         withdraw(entry);
         assert!(!table.published(0x1000, 7));
+    }
+
+    /// Where the OS has no fork (Windows) the epoch is zero, which must not read as a free line.
+    #[test]
+    fn epoch_zero_claims_and_publishes_like_any_other() {
+        let table = Table::new();
+        let line = table.claim(0).unwrap();
+        assert_ne!(line.owner.load(Ordering::Relaxed), FREE);
+        line.publish(0x1000).unwrap();
+        assert!(table.published(0x1000, 0));
+        assert!(!std::ptr::eq(table.claim(0).unwrap(), line));
     }
 
     #[test]
@@ -414,7 +436,7 @@ mod tests {
         table.release(parent, 1);
         assert_eq!(
             child.owner.load(Ordering::Relaxed),
-            2,
+            owner_in(2),
             "the parent's thread gave away a line it no longer owns"
         );
     }
@@ -435,6 +457,6 @@ mod tests {
         .unwrap();
         assert_eq!(first, again);
         // The thread is gone: its line is free again (and maybe another thread's already).
-        assert_ne!(line.owner.load(Ordering::Acquire), epoch);
+        assert_ne!(line.owner.load(Ordering::Acquire), owner_in(epoch));
     }
 }

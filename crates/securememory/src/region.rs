@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::policy::{Backing, MlockPolicy, Protection, Strategy};
 use crate::sys::{self, OsError, PageProtection, ProtectionKey, Shortage};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// The most bytes of canary placed before a secret (fewer when the data pages leave less room).
@@ -73,6 +73,8 @@ pub(crate) struct Region {
     key: Option<ProtectionKey>,
     /// The process epoch the region was made in: another one means a forked child.
     epoch: u64,
+    /// Where the current epoch is read from (`sys::epoch_word`).
+    epoch_word: &'static AtomicU64,
     released: AtomicBool,
 }
 
@@ -149,6 +151,7 @@ impl Region {
         let total_len = data_len + 2 * guard_len;
         refuse_if_it_cannot_fit(data_len)?;
         let epoch = sys::process_epoch();
+        let epoch_word = sys::epoch_word();
         let base = sys::reserve(total_len).map_err(|e| shortage(e, data_len, memory))?;
         // SAFETY: guard_len < total_len, so the data pages start inside the reservation.
         let data = unsafe { base.add(guard_len) };
@@ -163,6 +166,7 @@ impl Region {
             locked: false,
             key,
             epoch,
+            epoch_word,
             released: AtomicBool::new(false),
         };
         match region.commit(mlock) {
@@ -330,7 +334,8 @@ impl Region {
     /// Whether this process is a fork of the one that made the region.
     #[inline]
     pub(crate) fn in_forked_child(&self) -> bool {
-        sys::process_epoch() != self.epoch
+        // Relaxed: the epoch word changes only across a fork, which orders everything.
+        self.epoch_word.load(Ordering::Relaxed) != self.epoch
     }
 
     fn set_protection(&self, prot: PageProtection) -> Result<(), Error> {

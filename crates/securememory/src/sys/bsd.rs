@@ -24,8 +24,9 @@
 //! fails with `ENOSYS`.
 
 pub(super) use super::unix::{
-    commit_anonymous, disable_core_dumps, memlock_limit, mlock as lock, mprotect as protect,
-    munlock as unlock, munmap as release, page_size, process_epoch, write_lock_limit, write_remedy,
+    commit_anonymous, disable_core_dumps, epoch_word, memlock_limit, mlock as lock,
+    mprotect as protect, munlock as unlock, munmap as release, page_size, process_epoch,
+    write_lock_limit, write_remedy,
 };
 use super::{unix, SecretMemSupport};
 use std::io;

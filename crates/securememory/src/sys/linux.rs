@@ -10,8 +10,8 @@ pub(super) use super::unix::{
     page_size, write_lock_limit, write_remedy,
 };
 use super::{unix, OsError, SecretMemSupport};
-pub(super) use fork::epoch as process_epoch;
 pub(crate) use fork::ForkExclusion;
+pub(super) use fork::{epoch as process_epoch, epoch_word};
 pub(super) use resources::{diagnose, memory_available};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -428,6 +428,12 @@ pub(crate) fn process_epoch() -> u64 {
     os::process_epoch()
 }
 
+/// Where [`process_epoch`] is read from: compared with an epoch taken earlier, one load tells
+/// whether this process is a fork of the one that took it.
+pub(crate) fn epoch_word() -> &'static std::sync::atomic::AtomicU64 {
+    os::epoch_word()
+}
+
 /// Makes every running thread of the process pass a full memory barrier before this returns
 /// (`membarrier(2)` on Linux, `FlushProcessWriteBuffers` on Windows): the expensive side of an
 /// asymmetric fence. `false` where the OS has no such call.

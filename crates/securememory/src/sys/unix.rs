@@ -223,6 +223,13 @@ pub(super) fn process_epoch() -> u64 {
     FORK_GENERATION.load(Ordering::Relaxed)
 }
 
+/// The word [`process_epoch`] reads.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn epoch_word() -> &'static std::sync::atomic::AtomicU64 {
+    process_epoch();
+    &FORK_GENERATION
+}
+
 /// The locked-memory limit, for [`super::LockLimitText`].
 pub(super) fn write_lock_limit(
     f: &mut fmt::Formatter<'_>,

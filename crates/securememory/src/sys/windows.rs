@@ -372,5 +372,11 @@ pub(super) fn process_epoch() -> u64 {
     0
 }
 
+/// The word [`process_epoch`] reads: zero for good.
+pub(super) fn epoch_word() -> &'static std::sync::atomic::AtomicU64 {
+    static NO_FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    &NO_FORKS
+}
+
 #[cfg(test)]
 mod tests;

@@ -125,6 +125,21 @@ fn epoch_without_witness() -> u64 {
     }
 }
 
+/// The word the epoch is read from: the witness page, or (without one) the count of forks the
+/// atfork handler saw. Once a region has been made it differs from the region's epoch exactly
+/// in a forked child (a zeroed witness included), so an access compares with one load.
+pub(crate) fn epoch_word() -> &'static AtomicU64 {
+    epoch();
+    // Acquire: as in `epoch`; installed by the call above if ever.
+    let witness = WITNESS.load(Ordering::Acquire);
+    if witness.is_null() {
+        &ATFORK_CHILDREN
+    } else {
+        // SAFETY: the witness page is mapped for the life of the process.
+        unsafe { &*witness }
+    }
+}
+
 /// A zeroed witness: this is a new process. The first thread to get here picks its epoch; the
 /// others adopt it (one location, so every thread agrees on its value).
 #[cold]

@@ -291,7 +291,8 @@ pub(crate) fn table() -> &'static Table {
     &TABLE
 }
 
-/// The line this thread has claimed.
+/// The line this thread has claimed. No destructor of its own, so that reading it on every
+/// access costs no check of whether the thread is exiting; [`GiveBack`] returns the line.
 #[cfg(not(loom))]
 struct Claimed {
     line: std::cell::Cell<Option<&'static Line>>,
@@ -300,12 +301,20 @@ struct Claimed {
     epoch: std::cell::Cell<Option<u64>>,
 }
 
+/// Gives the thread's line back when the thread exits. Registered on the first claim.
 #[cfg(not(loom))]
-impl Drop for Claimed {
+struct GiveBack;
+
+#[cfg(not(loom))]
+impl Drop for GiveBack {
     fn drop(&mut self) {
-        if let (Some(line), Some(epoch)) = (self.line.get(), self.epoch.get()) {
-            table().release(line, epoch);
-        }
+        CLAIMED.with(|claimed| {
+            if let (Some(line), Some(epoch)) = (claimed.line.take(), claimed.epoch.get()) {
+                // Reads in later destructors of this thread find no line (the epoch stays) and
+                // take the counted path.
+                table().release(line, epoch);
+            }
+        });
     }
 }
 
@@ -317,6 +326,7 @@ thread_local! {
             epoch: std::cell::Cell::new(None),
         }
     };
+    static GIVE_BACK: GiveBack = const { GiveBack };
 }
 
 /// The calling thread's line in the process of `epoch`, claimed on first use; `None` when the
@@ -325,23 +335,24 @@ thread_local! {
 #[cfg(not(loom))]
 #[inline]
 pub(crate) fn this_threads_line(epoch: u64) -> Option<&'static Line> {
-    CLAIMED
-        .try_with(|claimed| {
-            if claimed.epoch.get() == Some(epoch) {
-                return claimed.line.get();
-            }
-            claim_for_this_thread(claimed, epoch)
-        })
-        .ok()
-        .flatten()
+    CLAIMED.with(|claimed| {
+        if claimed.epoch.get() == Some(epoch) {
+            return claimed.line.get();
+        }
+        claim_for_this_thread(claimed, epoch)
+    })
 }
 
 #[cfg(not(loom))]
 #[cold]
 fn claim_for_this_thread(claimed: &Claimed, epoch: u64) -> Option<&'static Line> {
-    // A line from an earlier epoch belongs to a process this one was forked from; the claim
-    // below may take it back.
-    let line = table().claim(epoch);
+    // Touching it registers its destructor; a thread already exiting claims nothing.
+    let line = GIVE_BACK
+        .try_with(|_| ())
+        .ok()
+        // A line from an earlier epoch belongs to a process this one was forked from; the
+        // claim may take it back.
+        .and_then(|()| table().claim(epoch));
     claimed.line.set(line);
     claimed.epoch.set(Some(epoch));
     line

@@ -3,10 +3,12 @@
 use crate::error::Error;
 use crate::policy::{Backing, MlockPolicy, Protection, Strategy};
 use crate::region::{Memory, Region};
+use crate::report::{Degradation, Lost, OnCorruption, OnDegraded, Report, Reporting};
 use crate::secret::Secret;
 use crate::sys::{self, ProtectionKey, SecretMemSupport};
+use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Makes secrets.
 ///
@@ -46,6 +48,11 @@ pub trait SecretFactory: Send + Sync {
 /// `Default` gives the safest configuration this OS supports: [`Backing::Auto`],
 /// [`MlockPolicy::Required`], guard pages on. Use [`builder`](Self::builder) to change it.
 ///
+/// A secret that gets less protection than the policy aimed for (unlocked under
+/// [`MlockPolicy::BestEffort`], or in anonymous memory where [`Backing::Auto`] aimed for secret
+/// memory) is reported once per factory, to `log` and as one line on stderr, and to a callback
+/// for every such secret ([`FactoryBuilder::report`], [`FactoryBuilder::on_degraded`]).
+///
 /// ```
 /// use securememory::{Backing, MlockPolicy, ProtectedMemorySecretFactory, SecretFactory};
 ///
@@ -64,7 +71,7 @@ pub struct ProtectedMemorySecretFactory {
     mlock: MlockPolicy,
     strategy: Strategy,
     guard_pages: bool,
-    warned_unlocked: AtomicBool,
+    reporting: Arc<Reporting>,
 }
 
 impl Default for ProtectedMemorySecretFactory {
@@ -74,13 +81,33 @@ impl Default for ProtectedMemorySecretFactory {
 }
 
 /// Configures a [`ProtectedMemorySecretFactory`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 #[must_use]
 pub struct FactoryBuilder {
     backing: Backing,
     mlock: MlockPolicy,
     strategy: Strategy,
     guard_pages: bool,
+    report: Report,
+    on_degraded: Option<OnDegraded>,
+    on_corruption: OnCorruption,
+}
+
+impl fmt::Debug for FactoryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FactoryBuilder")
+            .field("backing", &self.backing)
+            .field("mlock", &self.mlock)
+            .field("strategy", &self.strategy)
+            .field("guard_pages", &self.guard_pages)
+            .field("report", &self.report)
+            .field(
+                "on_degraded",
+                &self.on_degraded.as_ref().map(|_| "<callback>"),
+            )
+            .field("on_corruption", &self.on_corruption)
+            .finish()
+    }
 }
 
 impl FactoryBuilder {
@@ -109,6 +136,80 @@ impl FactoryBuilder {
         self
     }
 
+    /// Where reports go (default [`Report::LogAndStderr`]): the first secret that gets less
+    /// protection than the policy aimed for (a [`Degradation`]; later ones of this factory are
+    /// not written again), and each error that closing a dropped secret meets
+    /// ([`Error::Corrupted`] included).
+    ///
+    /// By default both go to `log` and to stderr as one line starting with `securememory:`, so
+    /// that they reach the operator where no logger is installed. [`Report::Log`] keeps them to
+    /// `log`; [`Report::Silent`] drops them (the callback of
+    /// [`on_degraded`](Self::on_degraded) still runs).
+    ///
+    /// ```
+    /// use securememory::{MlockPolicy, ProtectedMemorySecretFactory, Report, SecretFactory};
+    ///
+    /// let factory = ProtectedMemorySecretFactory::builder()
+    ///     .mlock(MlockPolicy::BestEffort)
+    ///     .report(Report::Silent)
+    ///     .build();
+    /// // Nothing is written; each secret's protection says what it got.
+    /// let secret = factory.create_random(32)?;
+    /// let _locked = secret.protection().locked;
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    pub fn report(mut self, report: Report) -> Self {
+        self.report = report;
+        self
+    }
+
+    /// Calls `callback` for every secret that gets less protection than the policy aimed for,
+    /// with what was lost, what was aimed for and obtained, why and what to do: to count them,
+    /// to raise an alert, or to route the report to the program's own logging (with
+    /// [`report(Report::Silent)`](Self::report) to write nothing else). Replaces a callback set
+    /// before.
+    ///
+    /// The callback runs on the thread making the secret, before the secret is filled, and
+    /// whatever [`report`](Self::report) says. A panic in it propagates out of the call that
+    /// makes the secret, which then fails (the source bytes of `new` stay untouched). To refuse
+    /// weaker protection outright rather than hear of it, keep [`MlockPolicy::Required`] and
+    /// [`Backing::SecretMem`] (or `Auto` with `Required`), which make it an error.
+    ///
+    /// ```
+    /// use securememory::{Lost, MlockPolicy, ProtectedMemorySecretFactory, Report, SecretFactory};
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let unlocked = Arc::new(AtomicUsize::new(0));
+    /// let counter = unlocked.clone();
+    /// let factory = ProtectedMemorySecretFactory::builder()
+    ///     .mlock(MlockPolicy::BestEffort)
+    ///     .report(Report::Log)
+    ///     .on_degraded(move |degradation| {
+    ///         if degradation.lost.contains(&Lost::Locked) {
+    ///             counter.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///         eprintln!("secret degraded: {degradation}");
+    ///     })
+    ///     .build();
+    /// let secret = factory.create_random(32)?;
+    /// assert_eq!(secret.protection().locked, unlocked.load(Ordering::Relaxed) == 0);
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    pub fn on_degraded(mut self, callback: impl Fn(&Degradation) + Send + Sync + 'static) -> Self {
+        self.on_degraded = Some(Arc::new(callback));
+        self
+    }
+
+    /// What a secret does when it finds the canary before its bytes overwritten (default
+    /// [`OnCorruption::ReturnError`]: return [`Error::Corrupted`]; see [`OnCorruption`] for why).
+    /// [`OnCorruption::Abort`] wipes the secret, writes one line to stderr and aborts the process,
+    /// as libsodium does.
+    pub fn on_corruption(mut self, on_corruption: OnCorruption) -> Self {
+        self.on_corruption = on_corruption;
+        self
+    }
+
     /// Makes the factory.
     pub fn build(self) -> ProtectedMemorySecretFactory {
         sys::install_fork_handlers();
@@ -117,7 +218,11 @@ impl FactoryBuilder {
             mlock: self.mlock,
             strategy: self.strategy,
             guard_pages: self.guard_pages,
-            warned_unlocked: AtomicBool::new(false),
+            reporting: Arc::new(Reporting::new(
+                self.report,
+                self.on_degraded,
+                self.on_corruption,
+            )),
         }
     }
 }
@@ -130,6 +235,9 @@ impl ProtectedMemorySecretFactory {
             mlock: MlockPolicy::Required,
             strategy: Strategy::Auto,
             guard_pages: true,
+            report: Report::default(),
+            on_degraded: None,
+            on_corruption: OnCorruption::default(),
         }
     }
 
@@ -201,37 +309,54 @@ impl ProtectedMemorySecretFactory {
         Ok((region, protection))
     }
 
-    /// Logs, once per factory, that secrets go without a protection the policy let go: locking
+    /// Reports a secret that goes without a protection the policy let go: locking
     /// (`BestEffort` past the limit), or secret memory (`Auto` past the limit, whatever the
     /// mlock policy).
     fn report_lost_protection(&self, protection: &Protection, gave_up_secretmem: bool) {
         let unlocked = !protection.locked && self.mlock == MlockPolicy::BestEffort;
-        if !(unlocked || gave_up_secretmem) || self.warned_unlocked.swap(true, Ordering::Relaxed) {
+        if !(unlocked || gave_up_secretmem) {
             return;
         }
         let limit = sys::memlock_limit().map_or("unlimited".to_string(), |b| format!("{b} bytes"));
+        let mut lost = Vec::with_capacity(2);
+        let mut requested = *protection;
         if unlocked {
+            lost.push(Lost::Locked);
+            requested.locked = true;
+        }
+        if gave_up_secretmem {
+            lost.push(Lost::KernelInvisible);
+            requested.backing = Backing::SecretMem;
+            requested.kernel_invisible = true;
+            if let Ok(Some(_)) = self.protection_key(Memory::SecretMem) {
+                requested.strategy = Strategy::ProtectionKey;
+            }
+        }
+        let reason = if unlocked {
             let lost_secretmem = if gave_up_secretmem {
                 " and, past the limit, no longer hidden from the kernel (memfd_secret memory is \
                  charged to the same limit)"
             } else {
                 ""
             };
-            log::warn!(
+            format!(
                 "secrets are not locked in RAM and may be swapped{lost_secretmem}: the \
-                 locked-memory limit RLIMIT_MEMLOCK ({limit}) is reached; raise it with `ulimit \
-                 -l` or systemd `LimitMEMLOCK=` (further warnings from this factory are \
-                 suppressed)"
-            );
+                 locked-memory limit RLIMIT_MEMLOCK ({limit}) is reached"
+            )
         } else {
-            log::warn!(
+            format!(
                 "secrets are no longer hidden from the kernel: memfd_secret memory is charged to \
                  the locked-memory limit RLIMIT_MEMLOCK ({limit}), which is reached, so new \
-                 secrets go to anonymous memory (readable through /proc/PID/mem by root); raise \
-                 the limit with `ulimit -l` or systemd `LimitMEMLOCK=` (further warnings from \
-                 this factory are suppressed)"
-            );
-        }
+                 secrets go to anonymous memory (readable through /proc/PID/mem by root)"
+            )
+        };
+        self.reporting.degraded(&Degradation {
+            lost,
+            requested,
+            obtained: *protection,
+            reason,
+            remedy: "raise the limit with `ulimit -l` or systemd `LimitMEMLOCK=`".to_string(),
+        });
     }
 
     /// Fills a fresh region with `fill`, makes it inaccessible, and wraps it in a secret. On any
@@ -247,7 +372,11 @@ impl ProtectedMemorySecretFactory {
         let bytes = unsafe { std::slice::from_raw_parts_mut(region.bytes().as_ptr(), len) };
         fill(bytes)?;
         region.conceal_when_idle()?;
-        Ok(Secret::from_region(region, protection))
+        Ok(Secret::from_region(
+            region,
+            protection,
+            self.reporting.clone(),
+        ))
     }
 }
 

@@ -5,6 +5,7 @@ mod error;
 mod factory;
 mod policy;
 mod region;
+mod report;
 mod secret;
 mod sync;
 mod sys;
@@ -13,6 +14,7 @@ pub mod system;
 pub use error::Error;
 pub use factory::{FactoryBuilder, ProtectedMemorySecretFactory, SecretFactory};
 pub use policy::{Backing, MlockPolicy, Protection, Strategy};
+pub use report::{Degradation, Lost, OnCorruption, Report};
 pub use secret::{Secret, SecretReader};
 
 /// Lowers the soft core-dump limit (`RLIMIT_CORE`) of the whole process to zero.

@@ -4,10 +4,12 @@ use crate::access::{this_threads_line, Access, Entry, Gate, Mode};
 use crate::error::Error;
 use crate::policy::Protection;
 use crate::region::{Region, Window};
+use crate::report::Reporting;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::ptr;
+use std::sync::Arc;
 
 /// A secret held in protected memory.
 ///
@@ -64,6 +66,8 @@ pub struct Secret {
     access: Access,
     region: Region,
     protection: Protection,
+    /// The making factory's choices of where reports go and what a corrupted canary does.
+    reporting: Arc<Reporting>,
 }
 
 // One frame per access in progress on this thread, linked through the stack, so a thread can tell
@@ -130,11 +134,16 @@ fn windows_open(innermost: *const Frame) -> u32 {
 }
 
 impl Secret {
-    pub(crate) fn from_region(region: Region, protection: Protection) -> Secret {
+    pub(crate) fn from_region(
+        region: Region,
+        protection: Protection,
+        reporting: Arc<Reporting>,
+    ) -> Secret {
         Secret {
             access: Access::new(),
             region,
             protection,
+            reporting,
         }
     }
 
@@ -211,7 +220,9 @@ impl Secret {
     /// # Errors
     /// As [`with_bytes`](Secret::with_bytes); also [`Error::Reentrant`] when called inside any
     /// access to the same secret on the same thread, and [`Error::Corrupted`] when the canary
-    /// before the secret was overwritten during the call.
+    /// before the secret was overwritten during the call (under
+    /// [`OnCorruption::Abort`](crate::OnCorruption::Abort) the bytes are wiped and the process
+    /// aborts instead).
     ///
     /// ```
     /// use securememory::{ProtectedMemorySecretFactory, SecretFactory};
@@ -240,6 +251,14 @@ impl Secret {
         // In a child forked from inside `action` the pages are not this process's to check (and
         // secret memory is not mapped at all); `finish` then reports `Forked`.
         let canary_intact = self.region.in_forked_child() || self.region.canary_intact();
+        if !canary_intact {
+            // SAFETY: as above: the write access is still held and the window still open, and
+            // `action`'s slice is dead.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(self.region.bytes().as_ptr(), self.len()) };
+            self.reporting
+                .corrupted(|| zeroize::Zeroize::zeroize(bytes));
+        }
         drop(window);
         drop(entered);
         held.finish()?;
@@ -301,7 +320,11 @@ impl Secret {
     /// [`Error::Reentrant`] when called from inside an access to this secret on the same thread
     /// (the secret stays open); [`Error::Os`] when wiping or unmapping failed;
     /// [`Error::Corrupted`] when the canary before the secret was found overwritten (the secret
-    /// is wiped and unmapped all the same).
+    /// is wiped and unmapped all the same; under
+    /// [`OnCorruption::Abort`](crate::OnCorruption::Abort) the process then aborts).
+    ///
+    /// A dropped secret has no caller to return an error to: its factory's
+    /// [`Report`](crate::Report) says where it goes (by default `log` and one line on stderr).
     pub fn close(&self) -> Result<(), Error> {
         if held_from(innermost(), &self.access).is_some() {
             return Err(Error::Reentrant { operation: "close" });
@@ -314,7 +337,12 @@ impl Secret {
             }
             return Ok(());
         }
-        self.access.close(&self.region, || self.region.destroy())
+        let closed = self.access.close(&self.region, || self.region.destroy());
+        if let Err(Error::Corrupted) = closed {
+            // `destroy` wiped the bytes after finding the canary overwritten.
+            self.reporting.corrupted(|| ());
+        }
+        closed
     }
 
     #[inline]
@@ -330,7 +358,7 @@ impl Secret {
 impl Drop for Secret {
     fn drop(&mut self) {
         if let Err(error) = self.close() {
-            log::error!("closing a dropped secret failed: {error}");
+            self.reporting.drop_failed(&error);
         }
     }
 }

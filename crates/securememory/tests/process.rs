@@ -4,7 +4,11 @@
 
 mod common;
 
-use securememory::{Backing, Error, MlockPolicy, SecretFactory};
+use securememory::{
+    Backing, Degradation, Error, Lost, MlockPolicy, OnCorruption, Report, SecretFactory, Strategy,
+};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::{Arc, Mutex};
 
 const PAGE: usize = 4096;
 
@@ -141,6 +145,157 @@ fn mlock_best_effort_continues_unlocked_and_reports_it() {
         }
         drop(secrets);
     }
+}
+
+/// The start of the stderr line that says secrets went unlocked.
+const UNLOCKED_LINE: &str = "securememory: warning: secrets are not locked in RAM";
+/// The start of the stderr line that says secrets fell back from secret memory.
+const NOT_HIDDEN_LINE: &str = "securememory: warning: secrets are no longer hidden from the kernel";
+
+/// Makes 40 one-page secrets with `builder`'s factory under the 64 KiB limit and returns what
+/// its degradation callback received.
+fn degradations(builder: securememory::FactoryBuilder) -> Vec<Degradation> {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let factory = builder
+        .on_degraded(move |d| sink.lock().unwrap().push(d.clone()))
+        .build();
+    let secrets: Vec<_> = (0..40)
+        .map(|i| factory.new(&mut [i as u8; 32]).unwrap())
+        .collect();
+    let unlocked = secrets.iter().filter(|s| !s.protection().locked).count();
+    let received = received.lock().unwrap().clone();
+    assert!(unlocked > 0 || !received.is_empty(), "nothing was degraded");
+    received
+}
+
+#[test]
+fn degraded_protection_is_reported_once_on_stderr_without_a_logger_and_to_the_callback() {
+    let test = common::this_test!();
+    if common::is_child(test) {
+        limit_memory_locking();
+        // BestEffort past the limit: every unlocked secret reaches the callback.
+        let got = degradations(
+            common::builder()
+                .backing(Backing::Anonymous)
+                .mlock(MlockPolicy::BestEffort),
+        );
+        assert!((24..=32).contains(&got.len()), "{} degradations", got.len());
+        for d in &got {
+            assert_eq!(d.lost, [Lost::Locked]);
+            assert!(d.requested.locked && !d.obtained.locked);
+            assert_eq!(d.obtained.backing, Backing::Anonymous);
+            assert!(d.reason.contains("RLIMIT_MEMLOCK (65536 bytes)"), "{d}");
+            assert!(d.remedy.contains("ulimit -l"), "{d}");
+        }
+        // Switched off, and kept to `log` (no logger here): the callback still runs, stderr
+        // gets nothing.
+        for report in [Report::Silent, Report::Log] {
+            let got = degradations(
+                common::builder()
+                    .backing(Backing::Anonymous)
+                    .mlock(MlockPolicy::BestEffort)
+                    .report(report),
+            );
+            assert!(!got.is_empty(), "{report:?}: the callback was not called");
+        }
+        // Auto falling back from secret memory past the limit (locking not asked for).
+        if common::kernel_offers_secret_memory() {
+            let got = degradations(
+                common::builder()
+                    .mlock(MlockPolicy::Disabled)
+                    .strategy(Strategy::PageProtection),
+            );
+            assert!(!got.is_empty(), "no fallback from secret memory");
+            for d in &got {
+                assert_eq!(d.lost, [Lost::KernelInvisible]);
+                assert_eq!(d.requested.backing, Backing::SecretMem);
+                assert!(d.requested.kernel_invisible && !d.obtained.kernel_invisible);
+                assert_eq!(d.obtained.backing, Backing::Anonymous);
+            }
+        }
+        return;
+    }
+    let (status, stdout, stderr) = common::run_child(test);
+    assert!(
+        status.success(),
+        "child failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let lines = |start: &str| stderr.lines().filter(|l| l.starts_with(start)).count();
+    assert_eq!(lines(UNLOCKED_LINE), 1, "stderr:\n{stderr}");
+    let fallback = usize::from(common::kernel_offers_secret_memory());
+    assert_eq!(lines(NOT_HIDDEN_LINE), fallback, "stderr:\n{stderr}");
+    assert_eq!(lines("securememory:"), 1 + fallback, "stderr:\n{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(UNLOCKED_LINE))
+        .unwrap();
+    assert!(
+        line.contains("RLIMIT_MEMLOCK (65536 bytes)") && line.contains("ulimit -l"),
+        "{line}"
+    );
+}
+
+/// Overwrites the canary of a new 32-byte secret of `factory` from inside `with_bytes_mut`.
+fn corrupt(
+    factory: &securememory::ProtectedMemorySecretFactory,
+) -> (securememory::Secret, Result<(), Error>) {
+    let secret = factory.new(&mut [0x5a; 32]).unwrap();
+    assert!(secret.protection().canary);
+    let result = secret.with_bytes_mut(|b| {
+        // SAFETY: the byte right before the secret is in its (writable) data page: the
+        // canary, overwritten on purpose.
+        unsafe { *b.as_mut_ptr().sub(1) ^= 0xff };
+    });
+    (secret, result)
+}
+
+#[test]
+fn on_corruption_abort_kills_the_process_and_says_why() {
+    let test = common::this_test!();
+    if common::is_child(test) {
+        let factory = common::builder().on_corruption(OnCorruption::Abort).build();
+        let (_secret, result) = corrupt(&factory);
+        println!("survived the corruption: {result:?}");
+        return;
+    }
+    let (status, stdout, stderr) = common::run_child(test);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "child did not abort ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(!stdout.contains("survived"), "{stdout}");
+    let line = "securememory: aborting the process (OnCorruption::Abort): the canary right \
+                before a secret was overwritten";
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with(line)).count(),
+        1,
+        "stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn without_abort_corruption_is_an_error_and_a_stderr_line_on_drop() {
+    let test = common::this_test!();
+    if common::is_child(test) {
+        let (secret, result) = corrupt(&common::default_factory());
+        assert!(matches!(result, Err(Error::Corrupted)), "{result:?}");
+        drop(secret);
+        return;
+    }
+    let (status, stdout, stderr) = common::run_child(test);
+    assert!(
+        status.success(),
+        "child failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let line = "securememory: error: closing a dropped secret failed: the memory right before \
+                the secret was overwritten";
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with(line)).count(),
+        1,
+        "stderr:\n{stderr}"
+    );
 }
 
 #[test]

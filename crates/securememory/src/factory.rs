@@ -6,9 +6,11 @@ use crate::region::{Memory, Region};
 use crate::report::{Degradation, Lost, OnCorruption, OnDegraded, Report, Reporting};
 use crate::secret::Secret;
 use crate::sys::{self, ProtectionKey, SecretMemSupport};
+use crate::usage::Tally;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Makes secrets.
 ///
@@ -360,22 +362,25 @@ impl ProtectedMemorySecretFactory {
     }
 
     /// Fills a fresh region with `fill`, makes it inaccessible, and wraps it in a secret. On any
-    /// failure the region is wiped and unmapped (by its `Drop`).
+    /// failure the region is wiped and unmapped (by its `Drop`), and nothing is counted.
     fn make(
         &self,
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
     ) -> Result<Secret, Error> {
+        let started = Instant::now();
         let (region, protection) = self.region(len)?;
         // SAFETY: `Region::new` left the pages readable and writable, and no other reference to
         // them exists until the secret is built; the slice is dead before the protection change.
         let bytes = unsafe { std::slice::from_raw_parts_mut(region.bytes().as_ptr(), len) };
         fill(bytes)?;
         region.conceal_when_idle()?;
+        let tally = Tally::made(&protection, region.locked_len(), started);
         Ok(Secret::from_region(
             region,
             protection,
             self.reporting.clone(),
+            tally,
         ))
     }
 }

@@ -10,12 +10,14 @@ mod secret;
 mod sync;
 mod sys;
 pub mod system;
+mod usage;
 
 pub use error::Error;
 pub use factory::{FactoryBuilder, ProtectedMemorySecretFactory, SecretFactory};
 pub use policy::{Backing, MlockPolicy, Protection, Strategy};
 pub use report::{Degradation, Lost, OnCorruption, Report};
 pub use secret::{Secret, SecretReader};
+pub use usage::{stats, Stats};
 
 /// Lowers the soft core-dump limit (`RLIMIT_CORE`) of the whole process to zero.
 ///

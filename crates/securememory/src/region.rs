@@ -273,6 +273,16 @@ impl Region {
         self.len
     }
 
+    /// How many bytes of the region are locked in RAM: its data pages when they are locked
+    /// (secret memory always is), none otherwise. Guard pages are never locked.
+    pub(crate) fn locked_len(&self) -> usize {
+        if self.locked {
+            self.data_len
+        } else {
+            0
+        }
+    }
+
     /// The canary's length: the room left before the secret in its first data page, up to
     /// [`CANARY_LEN`], or zero when that room is under [`MIN_CANARY_LEN`].
     fn canary_len(&self) -> usize {

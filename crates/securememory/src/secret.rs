@@ -5,6 +5,7 @@ use crate::error::Error;
 use crate::policy::Protection;
 use crate::region::{Region, Window};
 use crate::report::Reporting;
+use crate::usage::Tally;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
@@ -68,6 +69,9 @@ pub struct Secret {
     protection: Protection,
     /// The making factory's choices of where reports go and what a corrupted canary does.
     reporting: Arc<Reporting>,
+    /// The secret's share of the process's numbers, given back when the region is torn down.
+    /// After `region`, so that a secret dropped without a teardown still gives it back.
+    tally: Tally,
 }
 
 // One frame per access in progress on this thread, linked through the stack, so a thread can tell
@@ -138,12 +142,14 @@ impl Secret {
         region: Region,
         protection: Protection,
         reporting: Arc<Reporting>,
+        tally: Tally,
     ) -> Secret {
         Secret {
             access: Access::new(),
             region,
             protection,
             reporting,
+            tally,
         }
     }
 
@@ -333,11 +339,17 @@ impl Secret {
             // The reader counts and the lock may belong to threads of the parent, which do not
             // exist here: nothing to wait for, and nothing of the parent's to wipe.
             if self.access.close_in_forked_child() {
-                self.region.destroy()?;
+                let destroyed = self.region.destroy();
+                self.tally.released();
+                destroyed?;
             }
             return Ok(());
         }
-        let closed = self.access.close(&self.region, || self.region.destroy());
+        let closed = self.access.close(&self.region, || {
+            let destroyed = self.region.destroy();
+            self.tally.released();
+            destroyed
+        });
         if let Err(Error::Corrupted) = closed {
             // `destroy` wiped the bytes after finding the canary overwritten.
             self.reporting.corrupted(|| ());

@@ -9,6 +9,7 @@ use crate::sys::{self, ProtectionKey, SecretMemSupport};
 use crate::usage::Tally;
 use std::fmt;
 use std::io;
+use std::panic::Location;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,6 +36,7 @@ pub trait SecretFactory: Send + Sync {
     /// [`Error::InvalidLength`] for an empty slice; the factory's own errors otherwise.
     // The name is part of the API contract (ARCHITECTURE.md), shared with the Go original's `New`.
     #[allow(clippy::new_ret_no_self, clippy::wrong_self_convention)]
+    #[track_caller]
     fn new(&self, bytes: &mut [u8]) -> Result<Secret, Error>;
 
     /// Makes a secret of `len` random bytes, generated directly in its protected memory.
@@ -42,6 +44,7 @@ pub trait SecretFactory: Send + Sync {
     /// # Errors
     /// [`Error::InvalidLength`] for zero or an unmappable length; [`Error::Random`] when the
     /// OS random-number generator fails; the factory's own errors otherwise.
+    #[track_caller]
     fn create_random(&self, len: usize) -> Result<Secret, Error>;
 }
 
@@ -366,6 +369,7 @@ impl ProtectedMemorySecretFactory {
     fn make(
         &self,
         len: usize,
+        created_at: &'static Location<'static>,
         fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
     ) -> Result<Secret, Error> {
         let started = Instant::now();
@@ -381,13 +385,15 @@ impl ProtectedMemorySecretFactory {
             protection,
             self.reporting.clone(),
             tally,
+            created_at,
         ))
     }
 }
 
 impl SecretFactory for ProtectedMemorySecretFactory {
+    #[track_caller]
     fn new(&self, bytes: &mut [u8]) -> Result<Secret, Error> {
-        let secret = self.make(bytes.len(), |destination| {
+        let secret = self.make(bytes.len(), Location::caller(), |destination| {
             destination.copy_from_slice(bytes);
             Ok(())
         })?;
@@ -395,8 +401,9 @@ impl SecretFactory for ProtectedMemorySecretFactory {
         Ok(secret)
     }
 
+    #[track_caller]
     fn create_random(&self, len: usize) -> Result<Secret, Error> {
-        self.make(len, |destination| {
+        self.make(len, Location::caller(), |destination| {
             #[cfg(test)]
             sys::fault::check(sys::Op::Random).map_err(Error::Random)?;
             getrandom::fill(destination).map_err(|e| {

@@ -4,11 +4,13 @@ use crate::access::{this_threads_line, Access, Entry, Gate, Mode};
 use crate::error::Error;
 use crate::policy::Protection;
 use crate::region::{Region, Window};
+use crate::registry::Registry;
 use crate::report::Reporting;
 use crate::usage::Tally;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
+use std::panic::Location;
 use std::ptr;
 use std::sync::Arc;
 
@@ -42,7 +44,9 @@ use std::sync::Arc;
 /// Accesses are not async-signal-safe: a signal handler that calls
 /// [`with_bytes`](Secret::with_bytes), [`with_bytes_mut`](Secret::with_bytes_mut) or
 /// [`close`](Secret::close) may deadlock on the lock held by the code it interrupted (for any
-/// secret). Copy what a handler needs beforehand, or have it only set a flag.
+/// secret). Copy what a handler needs beforehand, or have it only set a flag. To wipe every
+/// secret when SIGINT or SIGTERM ends the process, install `purge_on_termination` (Unix; see
+/// [`purge`](crate::purge)), which does the work off the handler.
 ///
 /// In a forked child every access fails with [`Error::Forked`] — however the child was made,
 /// even with the raw `fork` system call — and the child never sees the bytes (zeros or no
@@ -64,6 +68,17 @@ use std::sync::Arc;
 /// # Ok::<(), securememory::Error>(())
 /// ```
 pub struct Secret {
+    /// What a purge needs to close the secret, at an address that stays put while the
+    /// `Secret` moves: the process's registry of live secrets holds a weak handle to it.
+    shared: Arc<Shared>,
+    /// The secret's place in the registry, given back when it is dropped.
+    slot: u32,
+}
+
+/// The secret's state proper. One per secret, reached by the `Secret` (strongly) and by the
+/// registry (weakly), so that a purge can close it from any thread while its owner moves or
+/// drops it.
+pub(crate) struct Shared {
     access: Access,
     region: Region,
     protection: Protection,
@@ -72,7 +87,13 @@ pub struct Secret {
     /// The secret's share of the process's numbers, given back when the region is torn down.
     /// After `region`, so that a secret dropped without a teardown still gives it back.
     tally: Tally,
+    /// Where the secret was made, for [`live_secrets`](crate::live_secrets).
+    created_at: &'static Location<'static>,
 }
+
+/// Every live secret of the process, for [`purge`](crate::purge) and
+/// [`live_secrets`](crate::live_secrets).
+static LIVE: Registry<Shared> = Registry::new();
 
 // One frame per access in progress on this thread, linked through the stack, so a thread can tell
 // whether it is already inside an access to a given secret without allocating.
@@ -143,14 +164,18 @@ impl Secret {
         protection: Protection,
         reporting: Arc<Reporting>,
         tally: Tally,
+        created_at: &'static Location<'static>,
     ) -> Secret {
-        Secret {
+        let shared = Arc::new(Shared {
             access: Access::new(),
             region,
             protection,
             reporting,
             tally,
-        }
+            created_at,
+        });
+        let slot = LIVE.insert(&shared);
+        Secret { shared, slot }
     }
 
     /// Runs `action` with the secret's bytes and returns its result.
@@ -171,7 +196,7 @@ impl Secret {
     #[inline]
     pub fn with_bytes<R>(&self, action: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
         let outer = innermost();
-        let entry = match held_from(outer, &self.access) {
+        let entry = match held_from(outer, &self.shared.access) {
             Some(Mode::Read) => Entry::Nested,
             Some(Mode::Write) => {
                 return Err(Error::Reentrant {
@@ -186,17 +211,18 @@ impl Secret {
         self.refuse_in_forked_child()?;
         // Memory opened per thread takes reads without a shared write: each thread publishes
         // its reads in a line of its own.
-        let line = if self.region.shared() {
+        let line = if self.shared.region.shared() {
             None
         } else {
-            this_threads_line(self.region.epoch())
+            this_threads_line(self.shared.region.epoch())
         };
-        let held = self.access.read(&self.region, entry, line)?;
+        let held = self.shared.access.read(&self.shared.region, entry, line)?;
         let (window, frame) = self.open(Mode::Read, outer);
         let entered = Entered::link(&frame);
         // SAFETY: the read access just taken keeps the pages readable and unmapped-proof until
         // `held` is released, which happens after the slice's last use inside `action`.
-        let bytes = unsafe { std::slice::from_raw_parts(self.region.bytes().as_ptr(), self.len()) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts(self.shared.region.bytes().as_ptr(), self.len()) };
         let result = action(bytes);
         drop(window);
         drop(entered);
@@ -209,9 +235,9 @@ impl Secret {
     #[inline]
     fn open(&self, mode: Mode, outer: *const Frame) -> (Window, Frame) {
         let windows_outside = windows_open(outer);
-        let window = self.region.open_window(mode, windows_outside == 0);
+        let window = self.shared.region.open_window(mode, windows_outside == 0);
         let frame = Frame {
-            access: &self.access,
+            access: &self.shared.access,
             mode,
             outer,
             windows: windows_outside + u32::from(window.is_open()),
@@ -240,29 +266,33 @@ impl Secret {
     /// ```
     pub fn with_bytes_mut<R>(&self, action: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error> {
         let outer = innermost();
-        if held_from(outer, &self.access).is_some() {
+        if held_from(outer, &self.shared.access).is_some() {
             return Err(Error::Reentrant {
                 operation: "with_bytes_mut",
             });
         }
         self.refuse_in_forked_child()?;
-        let held = self.access.write(&self.region)?;
+        let held = self.shared.access.write(&self.shared.region)?;
         let (window, frame) = self.open(Mode::Write, outer);
         let entered = Entered::link(&frame);
         // SAFETY: the exclusive write access keeps the pages writable and excludes every other
         // reference until `held` is released, after the slice's last use inside `action`.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(self.region.bytes().as_ptr(), self.len()) };
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(self.shared.region.bytes().as_ptr(), self.len())
+        };
         let result = action(bytes);
         // In a child forked from inside `action` the pages are not this process's to check (and
         // secret memory is not mapped at all); `finish` then reports `Forked`.
-        let canary_intact = self.region.in_forked_child() || self.region.canary_intact();
+        let canary_intact =
+            self.shared.region.in_forked_child() || self.shared.region.canary_intact();
         if !canary_intact {
             // SAFETY: as above: the write access is still held and the window still open, and
             // `action`'s slice is dead.
-            let bytes =
-                unsafe { std::slice::from_raw_parts_mut(self.region.bytes().as_ptr(), self.len()) };
-            self.reporting
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(self.shared.region.bytes().as_ptr(), self.len())
+            };
+            self.shared
+                .reporting
                 .corrupted(|| zeroize::Zeroize::zeroize(bytes));
         }
         drop(window);
@@ -296,7 +326,7 @@ impl Secret {
     /// The secret's length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.region.len()
+        self.shared.region.len()
     }
 
     /// Always `false`: a secret holds at least one byte.
@@ -306,12 +336,12 @@ impl Secret {
 
     /// Whether [`close`](Secret::close) has started. True from the moment it is called.
     pub fn is_closed(&self) -> bool {
-        self.access.is_closed()
+        self.shared.access.is_closed()
     }
 
     /// What protections this secret actually got on this machine.
     pub fn protection(&self) -> Protection {
-        self.protection
+        self.shared.protection
     }
 
     /// Closes the secret: refuses new accesses at once, waits for accesses in flight, then
@@ -332,6 +362,39 @@ impl Secret {
     /// A dropped secret has no caller to return an error to: its factory's
     /// [`Report`](crate::Report) says where it goes (by default `log` and one line on stderr).
     pub fn close(&self) -> Result<(), Error> {
+        self.shared.close()
+    }
+
+    #[inline]
+    fn refuse_in_forked_child(&self) -> Result<(), Error> {
+        if self.shared.region.in_forked_child() {
+            Err(Error::Forked)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        if let Err(error) = self.close() {
+            self.shared.reporting.drop_failed(&error);
+        }
+        // In a forked child the registry's lock may have been held by a thread of the parent,
+        // which does not exist here: the entry stays, and its weak handle no longer upgrades.
+        if !self.shared.region.in_forked_child() {
+            LIVE.remove(self.slot);
+        }
+    }
+}
+
+impl Shared {
+    /// The secrets of the process not yet dropped (closed ones included).
+    pub(crate) fn live() -> Vec<Arc<Shared>> {
+        LIVE.live()
+    }
+
+    pub(crate) fn close(&self) -> Result<(), Error> {
         if held_from(innermost(), &self.access).is_some() {
             return Err(Error::Reentrant { operation: "close" });
         }
@@ -357,21 +420,24 @@ impl Secret {
         closed
     }
 
-    #[inline]
-    fn refuse_in_forked_child(&self) -> Result<(), Error> {
-        if self.region.in_forked_child() {
-            Err(Error::Forked)
-        } else {
-            Ok(())
-        }
+    /// Whether `close` has started.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.access.is_closed()
     }
-}
 
-impl Drop for Secret {
-    fn drop(&mut self) {
-        if let Err(error) = self.close() {
-            self.reporting.drop_failed(&error);
-        }
+    /// The secret's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.region.len()
+    }
+
+    /// What protections the secret got.
+    pub(crate) fn protection(&self) -> Protection {
+        self.protection
+    }
+
+    /// Where the secret was made.
+    pub(crate) fn created_at(&self) -> &'static Location<'static> {
+        self.created_at
     }
 }
 
@@ -467,7 +533,7 @@ mod tests {
             thread::spawn(move || secret.with_bytes_mut(|bytes| bytes[0] += 10).unwrap());
         }
         wait_until("both writers wait", || {
-            a.access.writer_waiting() && b.access.writer_waiting()
+            a.shared.access.writer_waiting() && b.shared.access.writer_waiting()
         });
         for go in &go_tx {
             go.send(()).unwrap();

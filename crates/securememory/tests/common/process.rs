@@ -149,6 +149,18 @@ pub fn run_child(test: &str) -> (std::process::ExitStatus, String, String) {
     )
 }
 
+/// Starts the test named `test` alone in a child process, its stdout piped, and returns it
+/// without waiting: for tests that watch the child from outside while it runs.
+pub fn spawn_child(test: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().expect("test binary path"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_VAR, test)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn child test process")
+}
+
 #[cfg(target_os = "linux")]
 /// Drops `CAP_IPC_LOCK` from this process (effective, permitted and inheritable sets), so that
 /// `RLIMIT_MEMLOCK` applies to it even when it runs as root.

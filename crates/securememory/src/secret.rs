@@ -12,6 +12,7 @@ use std::fmt;
 use std::io;
 use std::panic::Location;
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 
 /// A secret held in protected memory.
@@ -91,9 +92,44 @@ pub(crate) struct Shared {
     created_at: &'static Location<'static>,
 }
 
-/// Every live secret of the process, for [`purge`](crate::purge) and
+/// The registry of the live secrets of one process, for [`purge`](crate::purge) and
 /// [`live_secrets`](crate::live_secrets).
-static LIVE: Registry<Shared> = Registry::new();
+struct Live {
+    /// The process epoch it belongs to (`sys::process_epoch`).
+    epoch: u64,
+    registry: Registry<Shared>,
+}
+
+/// The registry of the current process. A forked child gets a fresh one on first use and never
+/// touches its parent's, whose lock a thread of the parent may have held at the fork (that
+/// thread does not exist in the child); the parent's is left to the child's memory as it was.
+static LIVE: AtomicPtr<Live> = AtomicPtr::new(ptr::null_mut());
+
+fn live_registry() -> &'static Registry<Shared> {
+    let epoch = crate::sys::process_epoch();
+    loop {
+        // Acquire: pairs with the Release that published the registry.
+        let current = LIVE.load(Ordering::Acquire);
+        // SAFETY: a published registry is never freed (see below).
+        if let Some(live) = unsafe { current.as_ref() } {
+            if live.epoch == epoch {
+                return &live.registry;
+            }
+        }
+        let fresh = Box::into_raw(Box::new(Live {
+            epoch,
+            registry: Registry::new(),
+        }));
+        // Release: publishes the fresh registry. The one replaced (a parent's) is leaked: its
+        // secrets' handles are still in it, and it is freed by nothing.
+        match LIVE.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // SAFETY: just published; never freed.
+            Ok(_) => return unsafe { &(*fresh).registry },
+            // SAFETY: ours, never published.
+            Err(_) => drop(unsafe { Box::from_raw(fresh) }),
+        }
+    }
+}
 
 // One frame per access in progress on this thread, linked through the stack, so a thread can tell
 // whether it is already inside an access to a given secret without allocating.
@@ -174,7 +210,7 @@ impl Secret {
             tally,
             created_at,
         });
-        let slot = LIVE.insert(&shared);
+        let slot = live_registry().insert(&shared);
         Secret { shared, slot }
     }
 
@@ -380,10 +416,11 @@ impl Drop for Secret {
         if let Err(error) = self.close() {
             self.shared.reporting.drop_failed(&error);
         }
-        // In a forked child the registry's lock may have been held by a thread of the parent,
-        // which does not exist here: the entry stays, and its weak handle no longer upgrades.
+        // A secret inherited through a fork belongs to the parent's registry, which a forked
+        // child never touches (see `LIVE`): the entry stays, and its weak handle no longer
+        // upgrades.
         if !self.shared.region.in_forked_child() {
-            LIVE.remove(self.slot);
+            live_registry().remove(self.slot);
         }
     }
 }
@@ -391,7 +428,7 @@ impl Drop for Secret {
 impl Shared {
     /// The secrets of the process not yet dropped (closed ones included).
     pub(crate) fn live() -> Vec<Arc<Shared>> {
-        LIVE.live()
+        live_registry().live()
     }
 
     pub(crate) fn close(&self) -> Result<(), Error> {

@@ -745,3 +745,56 @@ fn forking_inside_with_bytes_mut_ends_the_access_with_forked_in_the_child() {
     common::in_child_process!();
     fork_inside_own_callback(true);
 }
+
+/// A thread making and dropping secrets without pause, and forks meanwhile: every child makes,
+/// writes, purges and closes secrets of its own, however the fork fell. (The process-wide list
+/// of live secrets that purge walks may be locked by the making thread at the moment of the
+/// fork; a child must not wait for that thread, which does not exist there.)
+#[test]
+fn a_child_forked_while_secrets_come_and_go_makes_and_purges_its_own() {
+    common::in_child_process!();
+    const FORKS: usize = 300;
+    let factory = Arc::new(common::factory(Backing::Anonymous));
+    let stop = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicUsize::new(0));
+    let maker = {
+        let (factory, stop, made) = (Arc::clone(&factory), Arc::clone(&stop), Arc::clone(&made));
+        thread::spawn(move || -> Result<(), Error> {
+            while !stop.load(Ordering::Relaxed) {
+                drop(factory.create_random(32)?);
+                made.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+    };
+    while made.load(Ordering::Relaxed) == 0 && !maker.is_finished() {
+        thread::yield_now();
+    }
+    for _ in 0..FORKS {
+        let pid = fork();
+        if pid == 0 {
+            let factory = Arc::clone(&factory);
+            run_child(move || {
+                let Ok(secret) = factory.create_random(16) else {
+                    return 1;
+                };
+                if secret.with_bytes_mut(|bytes| bytes[0] = 1).is_err() {
+                    return 2;
+                }
+                if securememory::purge().closed != 1 || !secret.is_closed() {
+                    return 3;
+                }
+                0
+            });
+        }
+        let end = wait_for(pid);
+        assert_eq!(
+            end,
+            End::Exited(0),
+            "a child forked while secrets came and went: {end} (1: could not make a secret, 2: \
+             could not write it, 3: purge did not close exactly its own secret)"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    maker.join().unwrap().unwrap();
+}

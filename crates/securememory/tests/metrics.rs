@@ -207,7 +207,7 @@ fn assert_recorded(recorded: &Recorded, protection: &Protection, expected: &Expe
 }
 
 #[test]
-fn a_recorder_sees_secrets_made_closed_and_dropped_with_their_strategy_and_backing() {
+fn a_recorder_sees_secrets_made_closed_purged_and_dropped_with_their_strategy_and_backing() {
     common::in_child_process!();
     let recorded = Recorded::install();
     let mut setups: Vec<_> = common::SETUPS.iter().map(|&s| common::factory(s)).collect();
@@ -275,6 +275,35 @@ fn a_recorder_sees_secrets_made_closed_and_dropped_with_their_strategy_and_backi
             Err(Error::InvalidLength)
         ));
         assert_recorded(recorded, &protection, &none, "after refused creations");
+
+        let purged = [
+            factory.create_random(64).unwrap(),
+            factory.new(&mut [9; 64]).unwrap(),
+        ];
+        assert!(purged.iter().all(|s| s.protection() == protection));
+        let page = if protection.locked { pages(64) } else { 0 } as f64;
+        let made = Expected {
+            allocated: base + 3,
+            in_use: 2.0,
+            locked: 2.0 * page,
+            samples: samples + 3,
+        };
+        assert_recorded(recorded, &protection, &made, "before a purge");
+        assert!(securememory::purge().is_complete());
+        let after_purge = Expected {
+            allocated: base + 3,
+            in_use: 0.0,
+            locked: 0.0,
+            samples: samples + 3,
+        };
+        assert_recorded(recorded, &protection, &after_purge, "after a purge");
+        drop(purged);
+        assert_recorded(
+            recorded,
+            &protection,
+            &after_purge,
+            "after dropping the purged",
+        );
     }
     let mut names = recorded.names();
     names.sort();

@@ -3,11 +3,10 @@
 use crate::error::Error;
 use crate::policy::{Backing, MlockPolicy, Protection, Strategy};
 use crate::region::{Memory, Region};
-use crate::report::{Degradation, Lost, OnCorruption, OnDegraded, Report, Reporting};
+use crate::report::{Degradation, Lost, OnCorruption, Report, ReportChoices, Reporting};
 use crate::secret::Secret;
 use crate::sys::{self, ProtectionKey, SecretMemSupport};
 use crate::usage::Tally;
-use std::fmt;
 use std::io;
 use std::panic::Location;
 use std::sync::Arc;
@@ -86,33 +85,14 @@ impl Default for ProtectedMemorySecretFactory {
 }
 
 /// Configures a [`ProtectedMemorySecretFactory`].
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 #[must_use]
 pub struct FactoryBuilder {
     backing: Backing,
     mlock: MlockPolicy,
     strategy: Strategy,
     guard_pages: bool,
-    report: Report,
-    on_degraded: Option<OnDegraded>,
-    on_corruption: OnCorruption,
-}
-
-impl fmt::Debug for FactoryBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FactoryBuilder")
-            .field("backing", &self.backing)
-            .field("mlock", &self.mlock)
-            .field("strategy", &self.strategy)
-            .field("guard_pages", &self.guard_pages)
-            .field("report", &self.report)
-            .field(
-                "on_degraded",
-                &self.on_degraded.as_ref().map(|_| "<callback>"),
-            )
-            .field("on_corruption", &self.on_corruption)
-            .finish()
-    }
+    reporting: ReportChoices,
 }
 
 impl FactoryBuilder {
@@ -164,7 +144,7 @@ impl FactoryBuilder {
     /// # Ok::<(), securememory::Error>(())
     /// ```
     pub fn report(mut self, report: Report) -> Self {
-        self.report = report;
+        self.reporting.report = report;
         self
     }
 
@@ -202,7 +182,7 @@ impl FactoryBuilder {
     /// # Ok::<(), securememory::Error>(())
     /// ```
     pub fn on_degraded(mut self, callback: impl Fn(&Degradation) + Send + Sync + 'static) -> Self {
-        self.on_degraded = Some(Arc::new(callback));
+        self.reporting.on_degraded = Some(Arc::new(callback));
         self
     }
 
@@ -211,7 +191,7 @@ impl FactoryBuilder {
     /// [`OnCorruption::Abort`] wipes the secret, writes one line to stderr and aborts the process,
     /// as libsodium does.
     pub fn on_corruption(mut self, on_corruption: OnCorruption) -> Self {
-        self.on_corruption = on_corruption;
+        self.reporting.on_corruption = on_corruption;
         self
     }
 
@@ -223,11 +203,7 @@ impl FactoryBuilder {
             mlock: self.mlock,
             strategy: self.strategy,
             guard_pages: self.guard_pages,
-            reporting: Arc::new(Reporting::new(
-                self.report,
-                self.on_degraded,
-                self.on_corruption,
-            )),
+            reporting: Arc::new(Reporting::new(self.reporting)),
         }
     }
 }
@@ -240,9 +216,7 @@ impl ProtectedMemorySecretFactory {
             mlock: MlockPolicy::Required,
             strategy: Strategy::Auto,
             guard_pages: true,
-            report: Report::default(),
-            on_degraded: None,
-            on_corruption: OnCorruption::default(),
+            reporting: ReportChoices::default(),
         }
     }
 

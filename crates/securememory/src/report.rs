@@ -117,51 +117,67 @@ pub enum OnCorruption {
 /// A callback for degradations.
 pub(crate) type OnDegraded = Arc<dyn Fn(&Degradation) + Send + Sync>;
 
-/// A factory's reporting choices, shared with every secret it makes.
-pub(crate) struct Reporting {
+/// What a builder chose for reports: where they go, the callback, what corruption does.
+#[derive(Clone, Default)]
+pub(crate) struct ReportChoices {
     pub(crate) report: Report,
     pub(crate) on_degraded: Option<OnDegraded>,
     pub(crate) on_corruption: OnCorruption,
+}
+
+impl fmt::Debug for ReportChoices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReportChoices")
+            .field("report", &self.report)
+            .field(
+                "on_degraded",
+                &self.on_degraded.as_ref().map(|_| "<callback>"),
+            )
+            .field("on_corruption", &self.on_corruption)
+            .finish()
+    }
+}
+
+/// A factory's reporting choices, shared with every secret it makes.
+#[derive(Debug)]
+pub(crate) struct Reporting {
+    choices: ReportChoices,
     /// Whether a degradation was written already (to `log` and stderr: once per factory).
     degradation_written: AtomicBool,
 }
 
 impl Reporting {
-    pub(crate) fn new(
-        report: Report,
-        on_degraded: Option<OnDegraded>,
-        on_corruption: OnCorruption,
-    ) -> Self {
+    pub(crate) fn new(choices: ReportChoices) -> Self {
         Reporting {
-            report,
-            on_degraded,
-            on_corruption,
+            choices,
             degradation_written: AtomicBool::new(false),
         }
     }
 
     /// Hands `degradation` to the callback, and writes it the first time for this factory.
     pub(crate) fn degraded(&self, degradation: &Degradation) {
-        if let Some(callback) = &self.on_degraded {
+        if let Some(callback) = &self.choices.on_degraded {
             callback(degradation);
         }
-        if self.report == Report::Silent || self.degradation_written.swap(true, Ordering::Relaxed) {
+        if self.choices.report == Report::Silent
+            || self.degradation_written.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         let suppressed = "(further warnings from this factory are suppressed)";
         log::warn!("{degradation} {suppressed}");
-        if self.report == Report::LogAndStderr {
+        if self.choices.report == Report::LogAndStderr {
             stderr_line(format_args!("warning: {degradation} {suppressed}"));
         }
     }
 
     /// Reports an error that closing a dropped secret met.
     pub(crate) fn drop_failed(&self, error: &Error) {
-        if self.report == Report::Silent {
+        if self.choices.report == Report::Silent {
             return;
         }
         log::error!("closing a dropped secret failed: {error}");
-        if self.report == Report::LogAndStderr {
+        if self.choices.report == Report::LogAndStderr {
             stderr_line(format_args!(
                 "error: closing a dropped secret failed: {error}"
             ));
@@ -172,7 +188,7 @@ impl Reporting {
     /// the secret's bytes where they are still there and writable), says why, and aborts.
     /// Returns, doing nothing, otherwise.
     pub(crate) fn corrupted(&self, wipe: impl FnOnce()) {
-        if self.on_corruption != OnCorruption::Abort {
+        if self.choices.on_corruption != OnCorruption::Abort {
             return;
         }
         wipe();
@@ -184,19 +200,6 @@ impl Reporting {
             "aborting the process (OnCorruption::Abort): {why}"
         ));
         abort();
-    }
-}
-
-impl fmt::Debug for Reporting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reporting")
-            .field("report", &self.report)
-            .field(
-                "on_degraded",
-                &self.on_degraded.as_ref().map(|_| "<callback>"),
-            )
-            .field("on_corruption", &self.on_corruption)
-            .finish()
     }
 }
 

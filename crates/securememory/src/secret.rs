@@ -247,7 +247,8 @@ impl Secret {
         self.refuse_in_forked_child()?;
         // Memory opened per thread takes reads without a shared write: each thread publishes
         // its reads in a line of its own.
-        let line = if self.shared.region.shared() {
+        // A nested read is accounted for by the outer one and needs no line.
+        let line = if entry == Entry::Nested || self.shared.region.shared() {
             None
         } else {
             this_threads_line(self.shared.region.epoch())

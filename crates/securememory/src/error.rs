@@ -119,12 +119,12 @@ pub enum Error {
     #[error("the secret belongs to the parent process: a forked child cannot access it")]
     Forked,
 
-    /// The canary right before the secret was overwritten: something wrote out of bounds
-    /// (below the secret's first byte) while its memory was writable.
+    /// The secret's memory was corrupted: the canary right before the secret was overwritten
+    /// (something wrote out of bounds, below the secret's first byte, while its memory was
+    /// writable), or a sealed secret's ciphertext failed authentication (it was changed at rest).
     #[error(
-        "the memory right before the secret was overwritten (an out-of-bounds write during \
-         with_bytes_mut, or memory corruption elsewhere in the process); treat the secret's \
-         bytes as corrupted"
+        "the secret's memory was corrupted (a write below its first byte, or a changed sealed \
+         ciphertext); treat its bytes as lost"
     )]
     Corrupted,
 
@@ -145,6 +145,14 @@ pub enum Error {
 impl Error {
     pub(crate) fn os(operation: &'static str, source: io::Error) -> Self {
         Error::Os { operation, source }
+    }
+
+    /// The error for a failed `getrandom`.
+    pub(crate) fn from_random(error: getrandom::Error) -> Self {
+        Error::Random(error.raw_os_error().map_or_else(
+            || io::Error::other(error.to_string()),
+            io::Error::from_raw_os_error,
+        ))
     }
 }
 

@@ -4,10 +4,10 @@ use crate::error::Error;
 use crate::policy::{Backing, MlockPolicy, Protection, Strategy};
 use crate::region::{Memory, Region};
 use crate::report::{Degradation, Lost, OnCorruption, Report, ReportChoices, Reporting};
-use crate::secret::Secret;
+use crate::sealed::{Keeper, Plaintext, Sealed};
+use crate::secret::{Secret, Store};
 use crate::sys::{self, ProtectionKey, SecretMemSupport};
 use crate::usage::Tally;
-use std::io;
 use std::panic::Location;
 use std::sync::Arc;
 use std::time::Instant;
@@ -232,9 +232,8 @@ impl ProtectedMemorySecretFactory {
             Strategy::Auto if memory == Memory::SecretMem => Ok(sys::protection_key().ok()),
             Strategy::Auto | Strategy::PageProtection => Ok(None),
             Strategy::ProtectionKey => sys::protection_key().map(Some).map_err(unavailable),
-            Strategy::Sealed => Err(unavailable(
-                "sealed secrets are not part of this version of the library".into(),
-            )),
+            // The keeper of a sealed secret's key takes the key where the CPU has one.
+            Strategy::Sealed => Ok(None),
         }
     }
 
@@ -338,6 +337,44 @@ impl ProtectedMemorySecretFactory {
         });
     }
 
+    /// The memory a sealed secret's key and scratch areas live in, under this factory's backing.
+    fn sealed_memory(&self) -> Result<Memory, Error> {
+        match self.backing {
+            Backing::Anonymous => Ok(Memory::Anonymous),
+            Backing::SecretMem => crate::system::check_secret_memory().map(|()| Memory::SecretMem),
+            Backing::Auto => match sys::secretmem_support() {
+                SecretMemSupport::Available => Ok(Memory::SecretMem),
+                SecretMemSupport::Unavailable(_) => Ok(Memory::Anonymous),
+                SecretMemSupport::Failed(error) => Err(error.into()),
+            },
+        }
+    }
+
+    /// Fills the calling thread's scratch area with `fill` and seals it into a new secret. On
+    /// any failure the scratch area is wiped, and nothing is counted.
+    fn make_sealed(
+        &self,
+        len: usize,
+        created_at: &'static Location<'static>,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
+    ) -> Result<Secret, Error> {
+        let started = Instant::now();
+        Sealed::check_len(len)?;
+        let keeper = Keeper::get(self.sealed_memory()?)?;
+        let mut plaintext = Plaintext::take(keeper.memory(), len)?;
+        fill(plaintext.bytes_mut())?;
+        let sealed = Sealed::seal(keeper, plaintext, crate::secret::no_window_open())?;
+        let protection = keeper.protection();
+        let tally = Tally::made(&protection, 0, started);
+        Ok(Secret::from_store(
+            Store::Sealed(sealed),
+            protection,
+            self.reporting.clone(),
+            tally,
+            created_at,
+        ))
+    }
+
     /// Fills a fresh region with `fill`, makes it inaccessible, and wraps it in a secret. On any
     /// failure the region is wiped and unmapped (by its `Drop`), and nothing is counted.
     fn make(
@@ -346,6 +383,9 @@ impl ProtectedMemorySecretFactory {
         created_at: &'static Location<'static>,
         fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
     ) -> Result<Secret, Error> {
+        if self.strategy == Strategy::Sealed {
+            return self.make_sealed(len, created_at, fill);
+        }
         let started = Instant::now();
         let (region, protection) = self.region(len)?;
         // SAFETY: `Region::new` left the pages readable and writable, and no other reference to
@@ -354,8 +394,8 @@ impl ProtectedMemorySecretFactory {
         fill(bytes)?;
         region.conceal_when_idle()?;
         let tally = Tally::made(&protection, region.locked_len(), started);
-        Ok(Secret::from_region(
-            region,
+        Ok(Secret::from_store(
+            Store::Mapped(region),
             protection,
             self.reporting.clone(),
             tally,
@@ -380,12 +420,7 @@ impl SecretFactory for ProtectedMemorySecretFactory {
         self.make(len, Location::caller(), |destination| {
             #[cfg(test)]
             sys::fault::check(sys::Op::Random).map_err(Error::Random)?;
-            getrandom::fill(destination).map_err(|e| {
-                Error::Random(e.raw_os_error().map_or_else(
-                    || io::Error::other(e.to_string()),
-                    io::Error::from_raw_os_error,
-                ))
-            })
+            getrandom::fill(destination).map_err(Error::from_random)
         })
     }
 }

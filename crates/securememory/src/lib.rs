@@ -8,6 +8,7 @@ mod purge;
 mod region;
 mod registry;
 mod report;
+mod sealed;
 mod secret;
 mod sync;
 mod sys;

@@ -328,6 +328,21 @@ impl Region {
         }
     }
 
+    /// Makes the filled page of a sealing key inaccessible except through a window where it is
+    /// tagged with a protection key; read-only to every thread otherwise (it is read at every
+    /// access, which must not pay a system call).
+    pub(crate) fn conceal_keeper(&self) -> Result<(), Error> {
+        match self.key {
+            Some(_) => self.conceal_when_idle(),
+            None => self.set_protection(PageProtection::ReadOnly),
+        }
+    }
+
+    /// Where the data pages come from.
+    pub(crate) fn memory(&self) -> Memory {
+        self.memory
+    }
+
     /// Opens the calling thread's window onto the pages for the duration of the returned guard,
     /// where they are tagged with a protection key; does nothing under page protection (the
     /// access protocol's expose has opened them for every thread). `outermost` says that no

@@ -1,4 +1,4 @@
-//! `Secret`: a region plus its access state. The public type.
+//! `Secret`: where its bytes are kept plus its access state. The public type.
 
 use crate::access::{this_threads_line, Access, Entry, Gate, Mode};
 use crate::error::Error;
@@ -6,6 +6,7 @@ use crate::policy::Protection;
 use crate::region::{Region, Window};
 use crate::registry::Registry;
 use crate::report::Reporting;
+use crate::sealed::{Plaintext, Sealed};
 use crate::usage::Tally;
 use std::cell::Cell;
 use std::fmt;
@@ -81,15 +82,90 @@ pub struct Secret {
 /// drops it.
 pub(crate) struct Shared {
     access: Access,
-    region: Region,
+    store: Store,
     protection: Protection,
     /// The making factory's choices of where reports go and what a corrupted canary does.
     reporting: Arc<Reporting>,
-    /// The secret's share of the process's numbers, given back when the region is torn down.
-    /// After `region`, so that a secret dropped without a teardown still gives it back.
+    /// The secret's share of the process's numbers, given back when the store is torn down.
+    /// After `store`, so that a secret dropped without a teardown still gives it back.
     tally: Tally,
     /// Where the secret was made, for [`live_secrets`](crate::live_secrets).
     created_at: &'static Location<'static>,
+}
+
+/// Where a secret's bytes are kept: in a mapping of their own, opened by page protection or a
+/// protection key, or sealed (ciphertext, opened into the thread's scratch area).
+pub(crate) enum Store {
+    Mapped(Region),
+    Sealed(Sealed),
+}
+
+impl Store {
+    #[inline]
+    fn len(&self) -> usize {
+        match self {
+            Store::Mapped(region) => region.len(),
+            Store::Sealed(sealed) => sealed.len(),
+        }
+    }
+
+    #[inline]
+    fn in_forked_child(&self) -> bool {
+        match self {
+            Store::Mapped(region) => region.in_forked_child(),
+            Store::Sealed(sealed) => sealed.in_forked_child(),
+        }
+    }
+
+    /// Wipes and frees the bytes, once.
+    fn destroy(&self) -> Result<(), Error> {
+        match self {
+            Store::Mapped(region) => region.destroy(),
+            Store::Sealed(sealed) => {
+                sealed.destroy();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Gate for Store {
+    #[inline]
+    fn expose(&self, mode: Mode) -> Result<(), Error> {
+        match self {
+            Store::Mapped(region) => region.expose(mode),
+            Store::Sealed(sealed) => sealed.expose(mode),
+        }
+    }
+
+    #[inline]
+    fn conceal(&self) -> Result<(), Error> {
+        match self {
+            Store::Mapped(region) => region.conceal(),
+            Store::Sealed(sealed) => sealed.conceal(),
+        }
+    }
+
+    #[inline]
+    fn shared(&self) -> bool {
+        match self {
+            Store::Mapped(region) => region.shared(),
+            Store::Sealed(sealed) => sealed.shared(),
+        }
+    }
+
+    #[inline]
+    fn inherited(&self) -> bool {
+        self.in_forked_child()
+    }
+
+    #[inline]
+    fn epoch(&self) -> u64 {
+        match self {
+            Store::Mapped(region) => region.epoch(),
+            Store::Sealed(sealed) => sealed.epoch(),
+        }
+    }
 }
 
 /// The registry of the live secrets of one process, for [`purge`](crate::purge) and
@@ -194,9 +270,16 @@ fn windows_open(innermost: *const Frame) -> u32 {
     unsafe { innermost.as_ref() }.map_or(0, |frame| frame.windows)
 }
 
+/// Whether no protection-key window is open on this thread (a window opened now is the
+/// outermost one).
+#[inline]
+pub(crate) fn no_window_open() -> bool {
+    windows_open(innermost()) == 0
+}
+
 impl Secret {
-    pub(crate) fn from_region(
-        region: Region,
+    pub(crate) fn from_store(
+        store: Store,
         protection: Protection,
         reporting: Arc<Reporting>,
         tally: Tally,
@@ -204,7 +287,7 @@ impl Secret {
     ) -> Secret {
         let shared = Arc::new(Shared {
             access: Access::new(),
-            region,
+            store,
             protection,
             reporting,
             tally,
@@ -245,24 +328,40 @@ impl Secret {
             None => Entry::Fresh,
         };
         self.refuse_in_forked_child()?;
+        let store = &self.shared.store;
         // Memory opened per thread takes reads without a shared write: each thread publishes
         // its reads in a line of its own.
         // A nested read is accounted for by the outer one and needs no line.
-        let line = if entry == Entry::Nested || self.shared.region.shared() {
+        let line = if entry == Entry::Nested || store.shared() {
             None
         } else {
-            this_threads_line(self.shared.region.epoch())
+            this_threads_line(store.epoch())
         };
-        let held = self.shared.access.read(&self.shared.region, entry, line)?;
-        let (window, frame) = self.open(Mode::Read, outer);
-        let entered = Entered::link(&frame);
-        // SAFETY: the read access just taken keeps the pages readable and unmapped-proof until
-        // `held` is released, which happens after the slice's last use inside `action`.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(self.shared.region.bytes().as_ptr(), self.len()) };
-        let result = action(bytes);
-        drop(window);
-        drop(entered);
+        let held = self.shared.access.read(store, entry, line)?;
+        let result = match store {
+            Store::Mapped(region) => {
+                let (window, frame) = self.open(region, Mode::Read, outer);
+                let entered = Entered::link(&frame);
+                // SAFETY: the read access just taken keeps the pages readable and unmapped-proof
+                // until `held` is released, which happens after the slice's last use inside
+                // `action`.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(region.bytes().as_ptr(), region.len()) };
+                let result = action(bytes);
+                drop(window);
+                drop(entered);
+                result
+            }
+            Store::Sealed(sealed) => {
+                let plaintext = self.open_sealed(sealed, outer)?;
+                let frame = self.frame(Mode::Read, outer);
+                let entered = Entered::link(&frame);
+                let result = action(plaintext.bytes());
+                drop(plaintext);
+                drop(entered);
+                result
+            }
+        };
         held.finish()?;
         Ok(result)
     }
@@ -270,9 +369,9 @@ impl Secret {
     /// Opens the calling thread's window onto the memory (protection keys; nothing under page
     /// protection) and makes the frame that records the access, to be linked inside `outer`.
     #[inline]
-    fn open(&self, mode: Mode, outer: *const Frame) -> (Window, Frame) {
+    fn open(&self, region: &Region, mode: Mode, outer: *const Frame) -> (Window, Frame) {
         let windows_outside = windows_open(outer);
-        let window = self.shared.region.open_window(mode, windows_outside == 0);
+        let window = region.open_window(mode, windows_outside == 0);
         let frame = Frame {
             access: &self.shared.access,
             mode,
@@ -280,6 +379,28 @@ impl Secret {
             windows: windows_outside + u32::from(window.is_open()),
         };
         (window, frame)
+    }
+
+    /// The frame that records an access opening no window, to be linked inside `outer`.
+    #[inline]
+    fn frame(&self, mode: Mode, outer: *const Frame) -> Frame {
+        Frame {
+            access: &self.shared.access,
+            mode,
+            outer,
+            windows: windows_open(outer),
+        }
+    }
+
+    /// Decrypts a sealed secret into this thread's scratch area; a failed authentication goes
+    /// to the factory's corruption policy first.
+    #[inline]
+    fn open_sealed(&self, sealed: &Sealed, outer: *const Frame) -> Result<Plaintext, Error> {
+        sealed.open(windows_open(outer) == 0).inspect_err(|error| {
+            if let Error::Corrupted = error {
+                self.shared.reporting.corrupted(|| ());
+            }
+        })
     }
 
     /// Runs `action` with exclusive, writable access to the secret's bytes.
@@ -291,7 +412,9 @@ impl Secret {
     /// access to the same secret on the same thread, and [`Error::Corrupted`] when the canary
     /// before the secret was overwritten during the call (under
     /// [`OnCorruption::Abort`](crate::OnCorruption::Abort) the bytes are wiped and the process
-    /// aborts instead).
+    /// aborts instead). A sealed secret ([`Strategy::Sealed`](crate::Strategy::Sealed)) is
+    /// sealed again, under a fresh nonce, once `action` returns; if `action` panics, it keeps
+    /// the bytes it had before the call.
     ///
     /// ```
     /// use securememory::{ProtectedMemorySecretFactory, SecretFactory};
@@ -309,25 +432,40 @@ impl Secret {
             });
         }
         self.refuse_in_forked_child()?;
-        let held = self.shared.access.write(&self.shared.region)?;
-        let (window, frame) = self.open(Mode::Write, outer);
+        let store = &self.shared.store;
+        let held = self.shared.access.write(store)?;
+        let region = match store {
+            Store::Mapped(region) => region,
+            Store::Sealed(sealed) => {
+                let mut plaintext = self.open_sealed(sealed, outer)?;
+                let frame = self.frame(Mode::Write, outer);
+                let entered = Entered::link(&frame);
+                let result = action(plaintext.bytes_mut());
+                drop(entered);
+                // In a child forked from inside `action`, the keeper is not this process's.
+                if !sealed.in_forked_child() {
+                    sealed.reseal(&mut plaintext, windows_open(outer) == 0)?;
+                }
+                drop(plaintext);
+                held.finish()?;
+                return Ok(result);
+            }
+        };
+        let (window, frame) = self.open(region, Mode::Write, outer);
         let entered = Entered::link(&frame);
         // SAFETY: the exclusive write access keeps the pages writable and excludes every other
         // reference until `held` is released, after the slice's last use inside `action`.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(self.shared.region.bytes().as_ptr(), self.len())
-        };
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(region.bytes().as_ptr(), region.len()) };
         let result = action(bytes);
         // In a child forked from inside `action` the pages are not this process's to check (and
         // secret memory is not mapped at all); `finish` then reports `Forked`.
-        let canary_intact =
-            self.shared.region.in_forked_child() || self.shared.region.canary_intact();
+        let canary_intact = region.in_forked_child() || region.canary_intact();
         if !canary_intact {
             // SAFETY: as above: the write access is still held and the window still open, and
             // `action`'s slice is dead.
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut(self.shared.region.bytes().as_ptr(), self.len())
-            };
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(region.bytes().as_ptr(), region.len()) };
             self.shared
                 .reporting
                 .corrupted(|| zeroize::Zeroize::zeroize(bytes));
@@ -363,7 +501,7 @@ impl Secret {
     /// The secret's length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.shared.region.len()
+        self.shared.store.len()
     }
 
     /// Always `false`: a secret holds at least one byte.
@@ -404,7 +542,7 @@ impl Secret {
 
     #[inline]
     fn refuse_in_forked_child(&self) -> Result<(), Error> {
-        if self.shared.region.in_forked_child() {
+        if self.shared.store.in_forked_child() {
             Err(Error::Forked)
         } else {
             Ok(())
@@ -420,7 +558,7 @@ impl Drop for Secret {
         // A secret inherited through a fork belongs to the parent's registry, which a forked
         // child never touches (see `LIVE`): the entry stays, and its weak handle no longer
         // upgrades.
-        if !self.shared.region.in_forked_child() {
+        if !self.shared.store.in_forked_child() {
             live_registry().remove(self.slot);
         }
     }
@@ -436,18 +574,18 @@ impl Shared {
         if held_from(innermost(), &self.access).is_some() {
             return Err(Error::Reentrant { operation: "close" });
         }
-        if self.region.in_forked_child() {
+        if self.store.in_forked_child() {
             // The reader counts and the lock may belong to threads of the parent, which do not
             // exist here: nothing to wait for, and nothing of the parent's to wipe.
             if self.access.close_in_forked_child() {
-                let destroyed = self.region.destroy();
+                let destroyed = self.store.destroy();
                 self.tally.released();
                 destroyed?;
             }
             return Ok(());
         }
-        let closed = self.access.close(&self.region, || {
-            let destroyed = self.region.destroy();
+        let closed = self.access.close(&self.store, || {
+            let destroyed = self.store.destroy();
             self.tally.released();
             destroyed
         });
@@ -465,7 +603,7 @@ impl Shared {
 
     /// The secret's length in bytes.
     pub(crate) fn len(&self) -> usize {
-        self.region.len()
+        self.store.len()
     }
 
     /// What protections the secret got.

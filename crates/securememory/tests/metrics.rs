@@ -142,6 +142,7 @@ fn labels(protection: &Protection) -> Vec<(String, String)> {
     let strategy = match protection.strategy {
         Strategy::PageProtection => "page-protection",
         Strategy::ProtectionKey => "protection-key",
+        Strategy::Sealed => "sealed",
         other => panic!("a secret's strategy is never {other:?}"),
     };
     vec![
@@ -153,6 +154,17 @@ fn labels(protection: &Protection) -> Vec<(String, String)> {
 /// The data pages a secret of `len` bytes locks.
 fn pages(len: usize) -> u64 {
     (len as u64).div_ceil(PAGE) * PAGE
+}
+
+/// The memory a secret of `len` bytes locks: its data pages, when they are locked; nothing
+/// for a sealed secret (its ciphertext is on the heap, and the pages of its key and of the
+/// threads' scratch areas are the process's, not the secret's).
+fn locked_by(protection: &Protection, len: usize) -> f64 {
+    if protection.locked && protection.strategy != Strategy::Sealed {
+        pages(len) as f64
+    } else {
+        0.0
+    }
 }
 
 /// The kernel's count of this process's locked memory, in bytes (`VmLck` in `/proc/self/status`).
@@ -219,7 +231,7 @@ fn a_recorder_sees_secrets_made_closed_purged_and_dropped_with_their_strategy_an
         let base = recorded.count("secret.allocated", &protection);
         let samples = recorded.samples("secret.create.seconds", &protection).len();
         assert_eq!(recorded.level("secret.inuse", &protection), 1.0);
-        let locked = if protection.locked { pages(100) } else { 0 } as f64;
+        let locked = locked_by(&protection, 100);
         let one = Expected {
             allocated: base,
             in_use: 1.0,
@@ -230,7 +242,7 @@ fn a_recorder_sees_secrets_made_closed_purged_and_dropped_with_their_strategy_an
 
         let dropped = factory.new(&mut [7; 5000]).unwrap();
         assert_eq!(dropped.protection(), protection);
-        let locked_both = locked + if protection.locked { pages(5000) } else { 0 } as f64;
+        let locked_both = locked + locked_by(&protection, 5000);
         let two = Expected {
             allocated: base + 1,
             in_use: 2.0,
@@ -281,7 +293,7 @@ fn a_recorder_sees_secrets_made_closed_purged_and_dropped_with_their_strategy_an
             factory.new(&mut [9; 64]).unwrap(),
         ];
         assert!(purged.iter().all(|s| s.protection() == protection));
-        let page = if protection.locked { pages(64) } else { 0 } as f64;
+        let page = locked_by(&protection, 64);
         let made = Expected {
             allocated: base + 3,
             in_use: 2.0,

@@ -15,7 +15,7 @@ const PAGE: usize = 4096;
 #[test]
 fn closed_secret_pages_are_unmapped() {
     common::in_child_process!();
-    for backing in common::SETUPS {
+    for backing in common::mapping_setups() {
         let factory = common::factory(backing);
         let secret = factory.create_random(100).unwrap();
         let address = secret.with_bytes(|b| b.as_ptr() as usize).unwrap();
@@ -66,7 +66,7 @@ fn limit_memory_locking() -> u64 {
 fn mlock_required_fails_with_a_clear_error_once_the_limit_is_used() {
     common::in_child_process!();
     let limit = limit_memory_locking();
-    for backing in common::SETUPS {
+    for backing in common::mapping_setups() {
         let factory = backing.builder().mlock(MlockPolicy::Required).build();
         let mut held = Vec::new();
         let error = loop {
@@ -130,7 +130,7 @@ fn mlock_required_fails_with_a_clear_error_once_the_limit_is_used() {
 fn mlock_best_effort_continues_unlocked_and_reports_it() {
     common::in_child_process!();
     limit_memory_locking();
-    for backing in common::SETUPS {
+    for backing in common::mapping_setups() {
         let factory = backing.builder().mlock(MlockPolicy::BestEffort).build();
         let secrets: Vec<_> = (0..40)
             .map(|i| factory.new(&mut [i as u8; 32]).unwrap())
@@ -289,8 +289,8 @@ fn without_abort_corruption_is_an_error_and_a_stderr_line_on_drop() {
         status.success(),
         "child failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    let line = "securememory: error: closing a dropped secret failed: the memory right before \
-                the secret was overwritten";
+    let line = "securememory: error: closing a dropped secret failed: the secret's memory was \
+                corrupted";
     assert_eq!(
         stderr.lines().filter(|l| l.starts_with(line)).count(),
         1,
@@ -485,7 +485,7 @@ fn running_out_of_mappings_is_reported_as_the_mapping_limit() {
         split.push(i);
     }
     assert!(split.len() < pages / 2 - 1, "never reached the limit");
-    for backing in common::SETUPS {
+    for backing in common::mapping_setups() {
         // Leave room for a few mappings, so that the library runs out of its own accord.
         for i in split.drain(split.len() - 3..) {
             // SAFETY: as above.

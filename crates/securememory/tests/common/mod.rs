@@ -27,6 +27,12 @@ impl From<Backing> for Setup {
 }
 
 impl Setup {
+    /// Whether each secret gets pages of its own (and so a mapping, locked memory, guard pages):
+    /// every strategy but [`Strategy::Sealed`], whose secrets are ciphertext on the heap.
+    pub fn maps_each_secret(self) -> bool {
+        self.strategy != Strategy::Sealed
+    }
+
     /// A builder for a test's factory with this backing and strategy.
     pub fn builder(self) -> FactoryBuilder {
         builder().backing(self.backing).strategy(self.strategy)
@@ -34,9 +40,10 @@ impl Setup {
 }
 
 /// The setups most rules are checked with: the defaults (protection keys with secret memory on
-/// a CPU that has them), page protection with the default backing, and anonymous memory (page
-/// protection, which `Strategy::Auto` keeps for it).
-pub const SETUPS: [Setup; 3] = [
+/// a CPU that has them), page protection with the default backing, anonymous memory (page
+/// protection, which `Strategy::Auto` keeps for it), and sealed secrets. A new strategy gets
+/// every rule by adding a line here.
+pub const SETUPS: [Setup; 4] = [
     Setup {
         backing: Backing::Auto,
         strategy: Strategy::Auto,
@@ -49,7 +56,16 @@ pub const SETUPS: [Setup; 3] = [
         backing: Backing::Anonymous,
         strategy: Strategy::Auto,
     },
+    Setup {
+        backing: Backing::Auto,
+        strategy: Strategy::Sealed,
+    },
 ];
+
+/// The setups whose secrets each get pages of their own, for the rules about those pages.
+pub fn mapping_setups() -> impl Iterator<Item = Setup> {
+    SETUPS.into_iter().filter(|s| s.maps_each_secret())
+}
 
 /// A builder for a test's factory (starting from the defaults).
 pub fn builder() -> FactoryBuilder {
@@ -89,6 +105,7 @@ pub fn configurations() -> Vec<(&'static str, ProtectedMemorySecretFactory)> {
             builder().strategy(Strategy::PageProtection).build(),
         ),
         ("anonymous", factory(Backing::Anonymous)),
+        ("sealed", builder().strategy(Strategy::Sealed).build()),
     ];
     all.extend(protection_key_factory().map(|f| ("protection-key", f)));
     all

@@ -395,7 +395,7 @@ impl ProtectedMemorySecretFactory {
         region.conceal_when_idle()?;
         let tally = Tally::made(&protection, region.locked_len(), started);
         Ok(Secret::from_store(
-            Store::Mapped(region),
+            Store::Mapped(Box::new(region)),
             protection,
             self.reporting.clone(),
             tally,

@@ -67,8 +67,32 @@ pub enum Strategy {
     /// secret memory stops them. Needs Linux on an x86_64 CPU with PKU and a free key (15 per
     /// process, shared with every library in it).
     ProtectionKey,
-    /// Ciphertext at rest, decrypted into a per-thread scratch area during an access. Not
-    /// available in this version: asking for it is an error.
+    /// The bytes exist at rest only as AES-256-GCM ciphertext in ordinary heap memory; an access
+    /// decrypts them into the calling thread's scratch area (guarded, locked, secret memory
+    /// where the kernel offers it, the bytes right against a trailing guard page) and wipes it
+    /// before returning, a panic included. [`with_bytes_mut`](crate::Secret::with_bytes_mut)
+    /// seals the bytes again under a fresh nonce (a 64-bit counter under a key that is per
+    /// process, so no nonce repeats under a key); if its callback panics, the secret keeps the
+    /// bytes it had. A ciphertext changed at rest, or moved to another secret, fails
+    /// authentication: the access returns [`Error::Corrupted`](crate::Error::Corrupted) (or the
+    /// factory's [`OnCorruption`](crate::OnCorruption) policy applies), never other bytes.
+    ///
+    /// The key, with its expanded cipher state, is generated in place in one guarded, locked
+    /// page per process that is left out of core dumps and forked children (secret memory where
+    /// the kernel offers it); where the CPU has protection keys the page is tagged with one and
+    /// opened for the calling thread only while it encrypts or decrypts, elsewhere it is
+    /// read-only. A forked child makes a key of its own.
+    ///
+    /// Choose it for many secrets (a secret costs about 250 bytes of heap and no mapping and no
+    /// locked memory of its own, so a million fit under the default 8 MiB `RLIMIT_MEMLOCK`),
+    /// for many threads reading (no system call and no shared write per access), and where the
+    /// CPU has no protection keys. What it trades: without protection keys the key page is
+    /// readable by any code in the process (it stays invisible to other processes with secret
+    /// memory); the plaintext exists only inside callbacks, in the calling thread's scratch
+    /// area, readable by other threads of the process meanwhile; an access costs a decryption
+    /// (about 0.2 µs for 32 bytes). [`MlockPolicy`] and
+    /// [`guard_pages`](crate::FactoryBuilder::guard_pages) do not apply: the key page and the
+    /// scratch areas are always locked and guarded, and a failure to lock them is an error.
     Sealed,
 }
 
@@ -101,6 +125,10 @@ pub enum MlockPolicy {
 ///
 /// A factory asks for protections; the OS decides what it can give. This report says what
 /// happened for one secret, so callers (and `securemem doctor`) can tell a guarantee from a wish.
+///
+/// For a [`Strategy::Sealed`] secret, the fields describe the memory its plaintext and key live
+/// in (the key page and the threads' scratch areas), not its ciphertext, which is ordinary heap
+/// memory; `canary` is `false` (authentication covers the ciphertext instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Protection {

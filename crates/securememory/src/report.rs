@@ -184,7 +184,8 @@ impl Reporting {
         }
     }
 
-    /// Ends the process when the policy says a corrupted canary does: runs `wipe` (which wipes
+    /// Ends the process when the policy says corruption (a canary overwritten, a sealed
+    /// ciphertext that fails authentication) does: runs `wipe` (which wipes
     /// the secret's bytes where they are still there and writable), says why, and aborts.
     /// Returns, doing nothing, otherwise.
     pub(crate) fn corrupted(&self, wipe: impl FnOnce()) {
@@ -192,9 +193,8 @@ impl Reporting {
             return;
         }
         wipe();
-        let why = "the canary right before a secret was overwritten (an out-of-bounds write \
-                   during with_bytes_mut, or memory corruption elsewhere in the process); the \
-                   secret was wiped";
+        let why = "a secret's memory was corrupted (the canary right before it overwritten by an \
+                   out-of-bounds write, or its sealed ciphertext changed); the secret was wiped";
         log::error!("aborting the process: {why}");
         stderr_line(format_args!(
             "aborting the process (OnCorruption::Abort): {why}"

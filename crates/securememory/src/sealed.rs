@@ -335,6 +335,13 @@ impl Sealed {
         Ok(())
     }
 
+    /// The stored `[nonce][tag][ciphertext]`, for the library's own tests to read and tamper
+    /// with.
+    #[cfg(test)]
+    pub(crate) fn stored(&self) -> *mut [u8] {
+        ptr::slice_from_raw_parts_mut(self.sealed.as_ptr(), HEADER_LEN + self.len)
+    }
+
     /// Whether this process is a fork of the one that sealed the secret.
     #[inline]
     pub(crate) fn in_forked_child(&self) -> bool {

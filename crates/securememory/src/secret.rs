@@ -96,7 +96,9 @@ pub(crate) struct Shared {
 /// Where a secret's bytes are kept: in a mapping of their own, opened by page protection or a
 /// protection key, or sealed (ciphertext, opened into the thread's scratch area).
 pub(crate) enum Store {
-    Mapped(Region),
+    /// Boxed so that a sealed secret, of which a process may hold a million, does not carry a
+    /// mapping's bookkeeping.
+    Mapped(Box<Region>),
     Sealed(Sealed),
 }
 
@@ -538,6 +540,12 @@ impl Secret {
     /// [`Report`](crate::Report) says where it goes (by default `log` and one line on stderr).
     pub fn close(&self) -> Result<(), Error> {
         self.shared.close()
+    }
+
+    /// Where the bytes are kept, for the library's own tests.
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &Store {
+        &self.shared.store
     }
 
     #[inline]

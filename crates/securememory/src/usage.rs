@@ -51,7 +51,7 @@ const fn labels_for(strategy: &'static str) -> [[Label; 2]; 3] {
     ]
 }
 
-fn labels(protection: &Protection) -> &'static [Label] {
+fn labels(protection: &Protection) -> &'static [Label; 2] {
     let strategy = match protection.strategy {
         Strategy::Auto => 0,
         Strategy::PageProtection => 1,
@@ -69,7 +69,8 @@ fn labels(protection: &Protection) -> &'static [Label] {
 /// One live secret's share of the numbers: added when the secret is made, taken away exactly
 /// once when its memory is torn down (or, failing that, when the secret itself is dropped).
 pub(crate) struct Tally {
-    labels: &'static [Label],
+    /// A thin reference: a sealed secret is small, and this is multiplied by every secret.
+    labels: &'static [Label; 2],
     locked_bytes: u64,
     released: AtomicBool,
 }

@@ -804,7 +804,19 @@ fn a_reader_holding_another_secret_publishes_past_a_waiting_writer() {
     let (first_in, first_leave, first) = spawn_line_reader(&shared, Entry::Fresh);
     assert!(expect_signal(&first_in, "the first reader got in").unwrap());
     let (writer_in, writer_leave, writer) = spawn_per_thread_writer(&shared);
-    wait_until("the writer waits", || writers_waiting(&shared.access) == 1);
+    let started = Instant::now();
+    while writers_waiting(&shared.access) != 1 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out waiting until the writer waits: state {:#b}, writer finished {}, \
+             writer in {:?}, reader published {}",
+            shared.access.state(),
+            writer.is_finished(),
+            writer_in.try_recv(),
+            published(&shared.access),
+        );
+        thread::yield_now();
+    }
     let (other_in, other_leave, other) = spawn_line_reader(&shared, Entry::HoldingAnother);
     assert!(expect_signal(&other_in, "the reader holding another got in").unwrap());
     first_leave.send(()).unwrap();

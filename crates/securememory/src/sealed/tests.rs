@@ -1,1 +1,295 @@
+use super::{Sealed, HEADER_LEN, NONCE_LEN, SCRUBBED_STACK};
+use crate::secret::{Shared, Store};
+use crate::{Error, OnCorruption, ProtectedMemorySecretFactory, Secret, SecretFactory, Strategy};
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use std::hint::black_box;
+use std::panic::{self, AssertUnwindSafe};
 
+fn factory() -> ProtectedMemorySecretFactory {
+    ProtectedMemorySecretFactory::builder()
+        .strategy(Strategy::Sealed)
+        .build()
+}
+
+fn sealed(secret: &Secret) -> &Sealed {
+    match secret.store() {
+        Store::Sealed(sealed) => sealed,
+        Store::Mapped(_) => panic!("not a sealed secret"),
+    }
+}
+
+/// A copy of what the secret stores: nonce, tag, ciphertext.
+fn stored(secret: &Secret) -> Vec<u8> {
+    // SAFETY: no access is in flight; the allocation lives as long as the secret.
+    unsafe { (*sealed(secret).stored()).to_vec() }
+}
+
+/// Flips one bit of the stored bytes at `offset`.
+fn flip(secret: &Secret, offset: usize) {
+    // SAFETY: as in `stored`; the test owns the secret and no access is in flight.
+    unsafe { (*sealed(secret).stored())[offset] ^= 1 };
+}
+
+/// A million sealed secrets must fit in memory: the handle and the shared state are multiplied
+/// by every one of them.
+#[test]
+fn a_sealed_secret_is_small() {
+    assert!(std::mem::size_of::<Secret>() <= 16);
+    assert!(
+        std::mem::size_of::<Shared>() <= 160,
+        "{} bytes of state per secret",
+        std::mem::size_of::<Shared>()
+    );
+}
+
+#[test]
+fn the_bytes_at_rest_are_ciphertext_and_read_back_as_written() {
+    let plain = *b"a sealed secret of 32 bytes long";
+    let secret = factory().new(&mut plain.clone()).unwrap();
+    assert_eq!(secret.protection().strategy, Strategy::Sealed);
+    let at_rest = stored(&secret);
+    assert_eq!(at_rest.len(), HEADER_LEN + plain.len());
+    assert!(!at_rest.windows(8).any(|w| plain.windows(8).any(|p| p == w)));
+    assert!(secret.with_bytes(|b| b == plain).unwrap());
+    secret.with_bytes_mut(|b| b.reverse()).unwrap();
+    let mut reversed = plain;
+    reversed.reverse();
+    assert!(secret.with_bytes(|b| b == reversed).unwrap());
+}
+
+#[test]
+fn every_seal_takes_a_fresh_nonce() {
+    let factory = factory();
+    let a = factory.new(&mut [7; 32]).unwrap();
+    let b = factory.new(&mut [7; 32]).unwrap();
+    let nonce = |s: &Secret| stored(s)[..NONCE_LEN].to_vec();
+    assert_ne!(nonce(&a), nonce(&b), "two secrets sealed under one nonce");
+    assert_ne!(stored(&a)[HEADER_LEN..], stored(&b)[HEADER_LEN..]);
+    let before = nonce(&a);
+    a.with_bytes_mut(|_| ()).unwrap();
+    assert_ne!(
+        nonce(&a),
+        before,
+        "a write sealed again under the old nonce"
+    );
+    a.with_bytes(|_| ()).unwrap();
+    let after_write = nonce(&a);
+    a.with_bytes(|_| ()).unwrap();
+    assert_eq!(nonce(&a), after_write, "a read sealed again");
+}
+
+#[test]
+fn a_tampered_nonce_tag_or_ciphertext_is_corrupted_never_garbage() {
+    let factory = factory();
+    for offset in [0, NONCE_LEN, HEADER_LEN, HEADER_LEN + 31] {
+        let secret = factory.new(&mut [3; 32]).unwrap();
+        flip(&secret, offset);
+        let mut ran = false;
+        let read = secret.with_bytes(|_| ran = true);
+        assert!(matches!(read, Err(Error::Corrupted)), "{offset}: {read:?}");
+        let written = secret.with_bytes_mut(|_| ran = true);
+        assert!(matches!(written, Err(Error::Corrupted)), "{written:?}");
+        assert!(!ran, "a callback saw bytes that failed authentication");
+        // Flipping the bit back restores the secret: nothing was resealed over it.
+        flip(&secret, offset);
+        assert!(secret.with_bytes(|b| b == [3; 32]).unwrap());
+    }
+}
+
+#[test]
+fn a_ciphertext_moved_to_another_secret_fails_authentication() {
+    let factory = factory();
+    let a = factory.new(&mut [1; 32]).unwrap();
+    let b = factory.new(&mut [2; 32]).unwrap();
+    let from_a = stored(&a);
+    // SAFETY: as in `stored`; same length.
+    unsafe { (*sealed(&b).stored()).copy_from_slice(&from_a) };
+    assert!(matches!(b.with_bytes(|_| ()), Err(Error::Corrupted)));
+    assert!(a.with_bytes(|x| x == [1; 32]).unwrap());
+}
+
+#[test]
+fn on_corruption_abort_applies_to_a_tampered_sealed_secret() {
+    // Asked to, the test build's `abort` unwinds instead (see report.rs).
+    crate::report::UNWIND_INSTEAD_OF_ABORT.with(|unwind| unwind.set(true));
+    let factory = ProtectedMemorySecretFactory::builder()
+        .strategy(Strategy::Sealed)
+        .on_corruption(OnCorruption::Abort)
+        .build();
+    let secret = factory.new(&mut [4; 16]).unwrap();
+    flip(&secret, HEADER_LEN);
+    let aborted = panic::catch_unwind(AssertUnwindSafe(|| secret.with_bytes(|_| ())));
+    crate::report::UNWIND_INSTEAD_OF_ABORT.with(|unwind| unwind.set(false));
+    let payload = aborted.expect_err("a tampered secret under Abort did not abort");
+    assert!(payload.is::<crate::report::Aborted>());
+}
+
+/// Reads `len` bytes at `address` (scratch memory stays mapped and readable between accesses).
+fn read_at(address: usize, len: usize) -> Vec<u8> {
+    // SAFETY: the address is inside this thread's scratch area, which stays mapped and
+    // readable while the thread lives.
+    unsafe { std::slice::from_raw_parts(address as *const u8, len).to_vec() }
+}
+
+#[test]
+fn the_scratch_area_holds_zeros_after_every_access_panics_included() {
+    let secret = factory().new(&mut [0x5a; 48]).unwrap();
+    let address = secret.with_bytes(|b| b.as_ptr() as usize).unwrap();
+    assert_eq!(read_at(address, 48), [0; 48]);
+    let seen = secret
+        .with_bytes_mut(|b| {
+            b[0] = 0x11;
+            b.as_ptr() as usize
+        })
+        .unwrap();
+    assert_eq!(
+        seen, address,
+        "one thread's accesses at one depth share an area"
+    );
+    assert_eq!(read_at(address, 48), [0; 48]);
+    let panicked = panic::catch_unwind(AssertUnwindSafe(|| {
+        secret.with_bytes(|b| {
+            assert_eq!(b[0], 0x11);
+            panic!("inside the access")
+        })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(read_at(address, 48), [0; 48], "a panic left the plaintext");
+    let panicked = panic::catch_unwind(AssertUnwindSafe(|| {
+        secret.with_bytes_mut(|b| {
+            b[1] = 0x22;
+            panic!("inside the write")
+        })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(read_at(address, 48), [0; 48], "a panic left the plaintext");
+    // A write that panicked is not sealed: the secret keeps the bytes it had.
+    assert!(secret.with_bytes(|b| b[0] == 0x11 && b[1] == 0x5a).unwrap());
+}
+
+#[test]
+fn the_plaintext_ends_at_a_page_boundary_and_nested_accesses_get_their_own_areas() {
+    let page = crate::system::page_size();
+    let factory = factory();
+    let a = factory.new(&mut [1; 100]).unwrap();
+    let b = factory.new(&mut [2; 7]).unwrap();
+    let (outer, inner, again) = a
+        .with_bytes(|x| {
+            let end = x.as_ptr() as usize + x.len();
+            let inner = b
+                .with_bytes(|y| (y.as_ptr() as usize + y.len(), y == [2; 7]))
+                .unwrap();
+            let again = a.with_bytes(|z| z.as_ptr() as usize + z.len()).unwrap();
+            assert_eq!(x, [1; 100], "an inner access disturbed the outer plaintext");
+            (end, inner, again)
+        })
+        .unwrap();
+    assert!(inner.1);
+    for end in [outer, inner.0, again] {
+        assert_eq!(
+            end % page,
+            0,
+            "the plaintext does not end against the guard page"
+        );
+    }
+    // The inner accesses ran one after the other at the same depth, under the outer one.
+    assert_ne!(outer, inner.0);
+    assert_eq!(inner.0, again);
+}
+
+#[test]
+fn a_secret_larger_than_the_kept_areas_gets_one_of_its_own_for_each_access() {
+    let len = super::scratch_len(super::KEPT_SCRATCH_PAGES) + 1;
+    let secret = factory().create_random(len).unwrap();
+    let (first, sum) = secret
+        .with_bytes(|b| {
+            (
+                b.as_ptr() as usize,
+                b.iter().map(|&x| u64::from(x)).sum::<u64>(),
+            )
+        })
+        .unwrap();
+    let (second, again) = secret
+        .with_bytes(|b| {
+            (
+                b.as_ptr() as usize,
+                b.iter().map(|&x| u64::from(x)).sum::<u64>(),
+            )
+        })
+        .unwrap();
+    assert_eq!(sum, again);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mapped = |address: usize| {
+        maps.lines().any(|line| {
+            let range = line.split_whitespace().next().unwrap();
+            let (start, end) = range.split_once('-').unwrap();
+            let start = usize::from_str_radix(start, 16).unwrap();
+            let end = usize::from_str_radix(end, 16).unwrap();
+            (start..end).contains(&address)
+        })
+    };
+    // Each access mapped an area and unmapped it when it ended.
+    assert!(
+        !mapped(second),
+        "the large secret's area outlived the access"
+    );
+    let _ = first;
+}
+
+/// Decrypts `ciphertext` in place with a cipher of this frame, leaving its frames' stack as it
+/// is: the control that shows the scan below finds key stream where nothing wipes it.
+#[inline(never)]
+fn raw_open(cipher: &Aes256Gcm, nonce: &[u8], ciphertext: &mut [u8], tag: &[u8]) {
+    let _ = black_box(cipher.decrypt_in_place_detached(
+        Nonce::from_slice(nonce),
+        b"",
+        ciphertext,
+        aes_gcm::Tag::from_slice(tag),
+    ));
+}
+
+#[inline(never)]
+fn library_open(secret: &Secret) {
+    secret.with_bytes(|b| black_box(b[0])).unwrap();
+}
+
+/// Whether `needle` lies in the stack below this call's frame, where the frames of a call made
+/// just before from the same caller were.
+#[inline(never)]
+fn on_the_stack_below(needle: &[u8]) -> bool {
+    let marker = 0u8;
+    let top = std::ptr::addr_of!(marker) as usize - 256;
+    let span = 4 * SCRUBBED_STACK;
+    // SAFETY: the span lies inside this thread's stack mapping (threads get far more than
+    // this), below the live frames; it is only read.
+    let below = unsafe { std::slice::from_raw_parts((top - span) as *const u8, span) };
+    below.windows(needle.len()).any(|w| w == black_box(needle))
+}
+
+/// With all-zero plaintext, the key stream is the ciphertext itself: finding the ciphertext's
+/// first block in the stack below an access means the cipher's frames were not wiped.
+#[test]
+fn the_cipher_leaves_no_key_stream_on_the_stack() {
+    let secret = factory().new(&mut [0; 64]).unwrap();
+    let at_rest = stored(&secret);
+    let block: Vec<u8> = at_rest[HEADER_LEN..HEADER_LEN + 16].to_vec();
+    library_open(&secret);
+    assert!(
+        !on_the_stack_below(&block),
+        "an access left key stream on the stack"
+    );
+
+    // The control: a plain open of a zero plaintext, nothing wiping after it.
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&[9; 32]));
+    let nonce = [1; NONCE_LEN];
+    let mut buffer = [0u8; 64];
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut buffer)
+        .unwrap();
+    let stream: Vec<u8> = buffer[..16].to_vec();
+    raw_open(&cipher, &nonce, &mut buffer, &tag);
+    if !on_the_stack_below(&stream) {
+        println!("note: this build's cipher left no key stream on the stack to find");
+    }
+}

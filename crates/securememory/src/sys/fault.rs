@@ -1,6 +1,9 @@
 //! Test-only fault injection: make the next call of one operation on this thread fail, and
 //! remember the reservations this thread made so a test can check they were given back. A
 //! backend may also record its OS calls in a per-thread trace, for tests of their order.
+//!
+//! The library's calls reach these locals with `try_with`: a thread's scratch areas are unmapped
+//! by a destructor of its own locals, when these may already be gone (nothing is planned then).
 
 use super::Op;
 use std::cell::RefCell;
@@ -24,7 +27,11 @@ pub(crate) fn on_next_commit(hook: impl FnOnce(NonNull<u8>, usize) + 'static) {
 }
 
 pub(crate) fn after_commit(addr: NonNull<u8>, len: usize) {
-    if let Some(hook) = AFTER_COMMIT.with(|h| h.borrow_mut().take()) {
+    if let Some(hook) = AFTER_COMMIT
+        .try_with(|h| h.borrow_mut().take())
+        .ok()
+        .flatten()
+    {
         hook(addr, len);
     }
 }
@@ -36,17 +43,19 @@ pub(crate) fn fail_next(op: Op, errno: i32) {
 }
 
 pub(crate) fn check(op: Op) -> io::Result<()> {
-    PLANNED.with(|planned| {
-        let mut planned = planned.borrow_mut();
-        match planned.iter().position(|(o, _)| *o == op) {
-            Some(i) => Err(io::Error::from_raw_os_error(planned.remove(i).1)),
-            None => Ok(()),
-        }
-    })
+    PLANNED
+        .try_with(|planned| {
+            let mut planned = planned.borrow_mut();
+            match planned.iter().position(|(o, _)| *o == op) {
+                Some(i) => Err(io::Error::from_raw_os_error(planned.remove(i).1)),
+                None => Ok(()),
+            }
+        })
+        .unwrap_or(Ok(()))
 }
 
 pub(crate) fn record_reservation(addr: NonNull<u8>, len: usize) {
-    RESERVED.with(|reserved| reserved.borrow_mut().push((addr.as_ptr() as usize, len)));
+    let _ = RESERVED.try_with(|reserved| reserved.borrow_mut().push((addr.as_ptr() as usize, len)));
 }
 
 /// The `(address, length)` of every reservation this thread made since the last call.
@@ -84,7 +93,7 @@ pub(crate) fn take_trace() -> Vec<Call> {
 /// Records one OS call and its outcome, while this thread's trace is on.
 #[cfg_attr(not(windows), allow(dead_code))]
 pub(crate) fn record_call<T>(name: &'static str, args: (usize, usize), result: &io::Result<T>) {
-    TRACE.with(|trace| {
+    let _ = TRACE.try_with(|trace| {
         if let Some(calls) = trace.borrow_mut().as_mut() {
             let error = result
                 .as_ref()

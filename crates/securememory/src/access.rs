@@ -65,7 +65,7 @@
 //! another secret, taken in opposite orders by two threads, deadlocks. Take write accesses of
 //! several secrets in one global order.
 
-use crate::error::Error;
+use crate::error::{Error, Operation};
 use crate::sync::{light_barrier, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 use std::time::Duration;
 
@@ -470,7 +470,7 @@ impl Access {
             }
             if state > usize::MAX - ONE_READER {
                 return Err(Error::Reentrant {
-                    operation: "with_bytes",
+                    operation: Operation::WithBytes,
                 });
             }
             if state & OPEN != 0 {

@@ -1,13 +1,32 @@
 //! The one error type of the crate.
+//!
+//! Each message reads once: an error the OS (or a reader) returned is the variant's
+//! [`source`](std::error::Error::source), never also written into its message, so that chains
+//! printed by `anyhow` (`{:#}`) or `tracing` say each clause once. Messages stay short (under
+//! about 150 characters) and end with what to do.
 
-use crate::policy::Backing;
+use crate::policy::{Backing, Strategy};
 use crate::sys::{LockLimitText, OsError, Remedy};
 use std::fmt;
 use std::io;
 
 /// Everything that can go wrong with a secret or a factory.
 ///
-/// Messages say what happened and, where the caller can do something about it, what to do.
+/// Messages say what happened and, where the caller can do something about it, what to do. The
+/// OS error behind one is its [`source`](std::error::Error::source):
+///
+/// ```
+/// use securememory::{Error, ProtectedMemorySecretFactory, SecretFactory};
+///
+/// let error = ProtectedMemorySecretFactory::default().create_random(0).unwrap_err();
+/// assert!(matches!(error, Error::InvalidLength));
+/// println!("{error}"); // one line, with what to do
+/// let mut source = std::error::Error::source(&error);
+/// while let Some(cause) = source {
+///     println!("  caused by: {cause}");
+///     source = cause.source();
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -17,16 +36,16 @@ pub enum Error {
 
     /// A secret cannot have this length: zero, or too large to map.
     #[error(
-        "invalid secret length: a secret holds at least 1 byte and no more than the address \
-         space can map"
+        "invalid secret length: a secret holds at least 1 byte and no more than can be mapped \
+         (or, read through a typed access, exactly the length asked for)"
     )]
     InvalidLength,
 
     /// Locking the secret's pages in RAM was refused because the process reached its
     /// locked-memory limit (on Windows: its working set had no room for more locked pages).
     #[error(
-        "could not lock {requested} bytes in RAM: {}{}",
-        LockLimitText { limit: *limit, source },
+        "could not lock {requested} bytes: {}{}",
+        LockLimitText { limit: *limit },
         LockRemedy(*backing)
     )]
     MemoryLockLimit {
@@ -45,9 +64,8 @@ pub enum Error {
     /// Mapping the secret's pages was refused because the process has as many memory mappings
     /// as `vm.max_map_count` allows. Each secret takes up to three (guard, data, guard).
     #[error(
-        "could not map a secret: the process has reached its limit on memory mappings \
-         (vm.max_map_count = {limit}, {in_use} in use); raise it with \
-         `sysctl -w vm.max_map_count=N` (or in /etc/sysctl.d/), or close unused secrets"
+        "could not map a secret: {in_use} mappings in use, vm.max_map_count is {limit}; raise \
+         it (`sysctl -w vm.max_map_count=N`) or close secrets"
     )]
     MapCountLimit {
         /// Mappings of the process when the call failed.
@@ -63,10 +81,8 @@ pub enum Error {
     /// any page was touched: its pages are locked in RAM (or are secret memory), and filling them
     /// would get the process killed by the OOM killer instead.
     #[error(
-        "a secret of {requested} bytes does not fit: this process can get only {available} more \
-         bytes of memory (the least of the system's MemAvailable and the headroom of its memory \
-         cgroup); free memory, raise the cgroup's limit, or keep large data outside secret \
-         memory (for example encrypted, with only its key in a secret)"
+        "a secret of {requested} bytes does not fit in the {available} bytes of memory left \
+         (MemAvailable, memory cgroup); keep large data encrypted, its key in a secret"
     )]
     InsufficientMemory {
         /// The page-rounded size of the secret's data pages.
@@ -78,12 +94,12 @@ pub enum Error {
     /// The requested backing cannot be had on this machine (for example `memfd_secret(2)` on a
     /// kernel older than 5.14, or switched off).
     #[error(
-        "{backing} backing is unavailable on this machine ({reason}); choose `Backing::Auto` \
-         to fall back to anonymous memory"
+        "{} backing is unavailable ({reason}); `Backing::Auto` falls back to anonymous memory",
+        backing.name()
     )]
     BackingUnavailable {
         /// The backing that was asked for.
-        backing: &'static str,
+        backing: Backing,
         /// Why it cannot be had.
         reason: String,
     },
@@ -92,13 +108,12 @@ pub enum Error {
     /// protection keys on a CPU without PKU). Never a silent fallback: ask for
     /// `Strategy::Auto` to get the best one available.
     #[error(
-        "{} is unavailable on this machine ({reason}); choose `Strategy::Auto` to use the best \
-         strategy this machine offers",
+        "{} is unavailable ({reason}); `Strategy::Auto` takes the best this machine offers",
         strategy.name()
     )]
     StrategyUnavailable {
         /// The strategy that was asked for.
-        strategy: crate::Strategy,
+        strategy: Strategy,
         /// Why it cannot be had.
         reason: String,
     },
@@ -107,12 +122,12 @@ pub enum Error {
     /// same thread that would deadlock (close or write inside a read, read or write inside a
     /// write).
     #[error(
-        "{operation} called from inside an access to the same secret on this thread; finish \
-         the access first"
+        "{operation} called inside an access to the same secret on this thread; finish the \
+         access first"
     )]
     Reentrant {
-        /// What was asked for (`close`, `with_bytes_mut`, `with_bytes`).
-        operation: &'static str,
+        /// What was asked for.
+        operation: Operation,
     },
 
     /// The secret was created in a parent process; a forked child never sees its bytes.
@@ -129,7 +144,7 @@ pub enum Error {
     Corrupted,
 
     /// An operating-system call failed.
-    #[error("{operation} failed: {source}{}", Remedy(source))]
+    #[error("{operation} failed{}", Remedy(source))]
     Os {
         /// The operation, named after the call (`mmap`, `mprotect`, `mlock`, ...).
         operation: &'static str,
@@ -138,8 +153,41 @@ pub enum Error {
     },
 
     /// The OS random-number generator failed.
-    #[error("generating random bytes failed: {0}")]
+    #[error("generating random bytes failed")]
     Random(#[source] io::Error),
+
+    /// The reader a secret was being loaded from failed (the bytes read so far were wiped).
+    #[error("reading the secret failed; its bytes read so far are wiped")]
+    Read(#[source] io::Error),
+}
+
+/// An operation on a secret, as named by [`Error::Reentrant`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// [`Secret::with_bytes`](crate::Secret::with_bytes) and the reads built on it.
+    WithBytes,
+    /// [`Secret::with_bytes_mut`](crate::Secret::with_bytes_mut) and the writes built on it.
+    WithBytesMut,
+    /// [`Secret::close`](crate::Secret::close).
+    Close,
+}
+
+impl Operation {
+    /// The method's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::WithBytes => "with_bytes",
+            Operation::WithBytesMut => "with_bytes_mut",
+            Operation::Close => "close",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Error {
@@ -168,12 +216,145 @@ struct LockRemedy(Backing);
 impl fmt::Display for LockRemedy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Backing::SecretMem => f.write_str(
-                "; secret memory is charged to this limit whatever the `MlockPolicy`, so \
-                 `BestEffort` does not help (`Backing::Auto` with `BestEffort` falls back to \
-                 unlocked anonymous memory past it)",
-            ),
-            _ => f.write_str(", or choose `MlockPolicy::BestEffort`"),
+            // Secret memory is charged to the limit whatever the policy: `BestEffort` does not
+            // help there (the variant's documentation says so).
+            Backing::SecretMem => Ok(()),
+            _ => f.write_str(" or `MlockPolicy::BestEffort`"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Error, Operation};
+    use crate::{Backing, Strategy};
+    use std::io;
+
+    /// One of every variant, with the OS errors that make their messages longest.
+    fn every_variant() -> Vec<Error> {
+        let os = |code| io::Error::from_raw_os_error(code);
+        vec![
+            Error::Closed,
+            Error::InvalidLength,
+            Error::MemoryLockLimit {
+                requested: 1 << 30,
+                limit: Some(8 << 20),
+                backing: Backing::SecretMem,
+                source: os(11),
+            },
+            Error::MemoryLockLimit {
+                requested: 4096,
+                limit: None,
+                backing: Backing::Anonymous,
+                source: os(12),
+            },
+            Error::MapCountLimit {
+                in_use: 65_530,
+                limit: 65_530,
+                source: os(12),
+            },
+            Error::InsufficientMemory {
+                requested: 1 << 40,
+                available: 1 << 33,
+            },
+            Error::BackingUnavailable {
+                backing: Backing::SecretMem,
+                reason: "the kernel has no memfd_secret(2)".into(),
+            },
+            Error::StrategyUnavailable {
+                strategy: Strategy::ProtectionKey,
+                reason: "the CPU has no PKU".into(),
+            },
+            Error::Reentrant {
+                operation: Operation::WithBytesMut,
+            },
+            Error::Forked,
+            Error::Corrupted,
+            Error::os("mmap", os(12)),
+            Error::os("memfd_secret", os(24)),
+            Error::os("mprotect", os(22)),
+            Error::Random(os(38)),
+            Error::Read(io::Error::new(io::ErrorKind::UnexpectedEof, "early end")),
+        ]
+    }
+
+    /// The chain as `anyhow` prints it with `{:#}`: each error's message, then its sources'.
+    fn chain(error: &Error) -> Vec<String> {
+        let mut clauses = vec![error.to_string()];
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            clauses.push(cause.to_string());
+            source = cause.source();
+        }
+        clauses
+    }
+
+    #[test]
+    fn every_error_says_each_clause_once_and_briefly() {
+        for error in every_variant() {
+            let clauses = chain(&error);
+            let message = &clauses[0];
+            assert!(
+                message.len() <= 165,
+                "{} characters: {message}",
+                message.len()
+            );
+            for cause in &clauses[1..] {
+                assert!(
+                    !message.contains(cause.as_str()),
+                    "the message repeats its source {cause:?}: {message}"
+                );
+            }
+            assert!(!message.contains("os error"), "{message}");
+        }
+    }
+
+    #[test]
+    fn os_errors_are_the_source_of_the_errors_they_caused() {
+        let with_source = every_variant()
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Error::MemoryLockLimit { .. }
+                        | Error::MapCountLimit { .. }
+                        | Error::Os { .. }
+                        | Error::Random(_)
+                        | Error::Read(_)
+                )
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(with_source.len(), 8);
+        for error in with_source {
+            assert!(
+                std::error::Error::source(&error).is_some(),
+                "{error:?} hides its OS error"
+            );
+        }
+    }
+
+    #[test]
+    fn remedies_are_in_the_message() {
+        let messages: Vec<String> = every_variant().iter().map(ToString::to_string).collect();
+        let lock = &messages[2];
+        #[cfg(unix)]
+        for needle in [
+            "RLIMIT_MEMLOCK (8388608 bytes)",
+            "ulimit -l",
+            "LimitMEMLOCK=",
+        ] {
+            assert!(lock.contains(needle), "{needle:?} missing from: {lock}");
+        }
+        assert!(
+            messages[4].contains("sysctl -w vm.max_map_count"),
+            "{}",
+            messages[4]
+        );
+        assert!(messages[7].contains("Strategy::Auto"), "{}", messages[7]);
+        assert_eq!(
+            messages[8],
+            "with_bytes_mut called inside an access to the same secret on this thread; finish \
+             the access first"
+        );
     }
 }

@@ -8,8 +8,9 @@ use crate::sealed::{Keeper, Plaintext, Sealed};
 use crate::secret::{Secret, Store};
 use crate::sys::{self, ProtectionKey, SecretMemSupport};
 use crate::usage::Tally;
+use std::io;
 use std::panic::Location;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// Makes secrets.
@@ -75,13 +76,21 @@ pub struct ProtectedMemorySecretFactory {
     mlock: MlockPolicy,
     strategy: Strategy,
     guard_pages: bool,
-    reporting: Arc<Reporting>,
+    /// `None`: the default choices, shared by every factory made by [`Self::DEFAULT`] (which,
+    /// being `const`, cannot allocate its own).
+    reporting: Option<Arc<Reporting>>,
 }
 
 impl Default for ProtectedMemorySecretFactory {
     fn default() -> Self {
-        Self::builder().build()
+        Self::DEFAULT
     }
+}
+
+/// The reporting of factories made with the default choices.
+fn default_reporting() -> &'static Arc<Reporting> {
+    static DEFAULT: OnceLock<Arc<Reporting>> = OnceLock::new();
+    DEFAULT.get_or_init(|| Arc::new(Reporting::new(ReportChoices::default())))
 }
 
 /// Configures a [`ProtectedMemorySecretFactory`].
@@ -203,12 +212,41 @@ impl FactoryBuilder {
             mlock: self.mlock,
             strategy: self.strategy,
             guard_pages: self.guard_pages,
-            reporting: Arc::new(Reporting::new(self.reporting)),
+            reporting: Some(Arc::new(Reporting::new(self.reporting))),
         }
     }
 }
 
 impl ProtectedMemorySecretFactory {
+    /// The default factory as a constant, for a `static` without `LazyLock`: the same choices as
+    /// [`Default`] and [`builder`](Self::builder)`().build()`. Factories made this way share one
+    /// report of lost protection (written once for all of them).
+    ///
+    /// ```
+    /// use securememory::ProtectedMemorySecretFactory;
+    ///
+    /// static SECRETS: ProtectedMemorySecretFactory = ProtectedMemorySecretFactory::DEFAULT;
+    ///
+    /// // No trait to import: the constructors are the factory's own methods too.
+    /// let key = SECRETS.create_random(32)?;
+    /// assert_eq!(key.len(), 32);
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    pub const DEFAULT: ProtectedMemorySecretFactory = ProtectedMemorySecretFactory {
+        backing: Backing::Auto,
+        mlock: MlockPolicy::Required,
+        strategy: Strategy::Auto,
+        guard_pages: true,
+        reporting: None,
+    };
+
+    /// Where this factory's reports go.
+    fn reporting(&self) -> &Arc<Reporting> {
+        self.reporting
+            .as_ref()
+            .unwrap_or_else(|| default_reporting())
+    }
+
     /// A builder starting from the defaults.
     pub fn builder() -> FactoryBuilder {
         FactoryBuilder {
@@ -328,7 +366,7 @@ impl ProtectedMemorySecretFactory {
                  secrets go to anonymous memory (readable through /proc/PID/mem by root)"
             )
         };
-        self.reporting.degraded(&Degradation {
+        self.reporting().degraded(&Degradation {
             lost,
             requested,
             obtained: *protection,
@@ -352,12 +390,12 @@ impl ProtectedMemorySecretFactory {
 
     /// Fills the calling thread's scratch area with `fill` and seals it into a new secret. On
     /// any failure the scratch area is wiped, and nothing is counted.
-    fn make_sealed(
+    fn make_sealed<E: From<Error>>(
         &self,
         len: usize,
         created_at: &'static Location<'static>,
-        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
-    ) -> Result<Secret, Error> {
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Secret, E> {
         let started = Instant::now();
         Sealed::check_len(len)?;
         let keeper = Keeper::get(self.sealed_memory()?)?;
@@ -369,7 +407,7 @@ impl ProtectedMemorySecretFactory {
         Ok(Secret::from_store(
             Store::Sealed(sealed),
             protection,
-            self.reporting.clone(),
+            self.reporting().clone(),
             tally,
             created_at,
         ))
@@ -377,12 +415,13 @@ impl ProtectedMemorySecretFactory {
 
     /// Fills a fresh region with `fill`, makes it inaccessible, and wraps it in a secret. On any
     /// failure the region is wiped and unmapped (by its `Drop`), and nothing is counted.
-    fn make(
+    fn make<E: From<Error>>(
         &self,
         len: usize,
         created_at: &'static Location<'static>,
-        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
-    ) -> Result<Secret, Error> {
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Secret, E> {
+        sys::install_fork_handlers();
         if self.strategy == Strategy::Sealed {
             return self.make_sealed(len, created_at, fill);
         }
@@ -397,7 +436,7 @@ impl ProtectedMemorySecretFactory {
         Ok(Secret::from_store(
             Store::Mapped(Box::new(region)),
             protection,
-            self.reporting.clone(),
+            self.reporting().clone(),
             tally,
             created_at,
         ))
@@ -407,22 +446,387 @@ impl ProtectedMemorySecretFactory {
 impl SecretFactory for ProtectedMemorySecretFactory {
     #[track_caller]
     fn new(&self, bytes: &mut [u8]) -> Result<Secret, Error> {
+        ProtectedMemorySecretFactory::new(self, bytes)
+    }
+
+    #[track_caller]
+    fn create_random(&self, len: usize) -> Result<Secret, Error> {
+        ProtectedMemorySecretFactory::create_random(self, len)
+    }
+}
+
+/// The constructors, also reachable without importing [`SecretFactory`]. Each fills the
+/// secret's own memory (its pages, or for [`Strategy::Sealed`] the thread's scratch area): the
+/// library makes no other copy of the bytes.
+impl ProtectedMemorySecretFactory {
+    /// Copies `bytes` into a new secret, then wipes `bytes`; on failure `bytes` is left
+    /// untouched, so the caller can retry or wipe it. As [`SecretFactory::new`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`] for an empty slice; what mapping and locking memory can meet.
+    // The name is part of the API contract (ARCHITECTURE.md), shared with the Go original's `New`.
+    #[allow(clippy::new_ret_no_self, clippy::wrong_self_convention)]
+    #[track_caller]
+    pub fn new(&self, bytes: &mut [u8]) -> Result<Secret, Error> {
         let secret = self.make(bytes.len(), Location::caller(), |destination| {
             destination.copy_from_slice(bytes);
-            Ok(())
+            Ok::<(), Error>(())
         })?;
         zeroize::Zeroize::zeroize(bytes);
         Ok(secret)
     }
 
+    /// Makes a secret of `len` random bytes, generated directly in its protected memory. As
+    /// [`SecretFactory::create_random`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`] for zero or an unmappable length; [`Error::Random`] when the
+    /// OS random-number generator fails; what mapping and locking memory can meet.
     #[track_caller]
-    fn create_random(&self, len: usize) -> Result<Secret, Error> {
+    pub fn create_random(&self, len: usize) -> Result<Secret, Error> {
         self.make(len, Location::caller(), |destination| {
             #[cfg(test)]
             sys::fault::check(sys::Op::Random).map_err(Error::Random)?;
             getrandom::fill(destination).map_err(Error::from_random)
         })
     }
+
+    /// Makes a secret of `len` bytes that `fill` writes in place: for a key derivation's output,
+    /// a decoder, anything that can write into a buffer it is given. `fill` gets the secret's
+    /// memory, zeroed; when it fails, the memory is wiped and its error returned (any error
+    /// type that a library [`Error`] converts into, so that `?` works for both).
+    ///
+    /// ```
+    /// use securememory::{Error, ProtectedMemorySecretFactory};
+    ///
+    /// static SECRETS: ProtectedMemorySecretFactory = ProtectedMemorySecretFactory::DEFAULT;
+    ///
+    /// // A hex-encoded key decoded straight into protected memory.
+    /// let hex = "00112233445566778899aabbccddeeff";
+    /// let key = SECRETS.new_with(hex.len() / 2, |key: &mut [u8]| {
+    ///     for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks(2)) {
+    ///         let pair = std::str::from_utf8(pair).map_err(|_| Error::InvalidLength)?;
+    ///         *byte = u8::from_str_radix(pair, 16).map_err(|_| Error::InvalidLength)?;
+    ///     }
+    ///     Ok::<(), Error>(())
+    /// })?;
+    /// assert_eq!(key.with_bytes(|k| k[15])?, 0xff);
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`new`](Self::new), and whatever `fill` returns.
+    #[track_caller]
+    pub fn new_with<E: From<Error>>(
+        &self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Secret, E> {
+        self.make(len, Location::caller(), fill)
+    }
+
+    /// Reads exactly `len` bytes from `reader` into a new secret. Give an unbuffered reader (a
+    /// `File`, not a `BufReader`): a buffer between would keep a copy of the bytes.
+    ///
+    /// ```
+    /// use securememory::ProtectedMemorySecretFactory;
+    ///
+    /// let mut source: &[u8] = b"0123456789abcdef";
+    /// let key = ProtectedMemorySecretFactory::DEFAULT.from_reader(&mut source, 16)?;
+    /// assert_eq!(key.len(), 16);
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Read`] when the reader fails or ends before `len` bytes (what was read is
+    /// wiped); those of [`new`](Self::new).
+    #[track_caller]
+    pub fn from_reader(&self, mut reader: impl io::Read, len: usize) -> Result<Secret, Error> {
+        self.make(len, Location::caller(), |destination| {
+            reader.read_exact(destination).map_err(Error::Read)
+        })
+    }
+
+    /// Reads from `reader` up to the first `delimiter` (not kept; nor a `\r` right before a
+    /// `\n` delimiter) or the end, into a new secret of exactly that length: a password line.
+    /// Reads one byte per call, so that nothing past the delimiter is consumed; give an
+    /// unbuffered reader (a buffer between would keep a copy of the bytes). The bytes go to a
+    /// secret of `max_len` first, then to one of their length; the first is wiped and closed.
+    ///
+    /// ```
+    /// use securememory::ProtectedMemorySecretFactory;
+    ///
+    /// let mut file: &[u8] = b"correct horse\r\nnext line";
+    /// let password = ProtectedMemorySecretFactory::DEFAULT.from_reader_until(&mut file, b'\n', 1024)?;
+    /// assert!(password.with_bytes(|p| p == b"correct horse")?);
+    /// assert_eq!(file, b"next line");
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Read`] when the reader fails, or when `max_len` bytes come without the delimiter
+    /// or the end; [`Error::InvalidLength`] when nothing comes before them; those of
+    /// [`new`](Self::new).
+    #[track_caller]
+    pub fn from_reader_until(
+        &self,
+        reader: impl io::Read,
+        delimiter: u8,
+        max_len: usize,
+    ) -> Result<Secret, Error> {
+        self.read_up_to(reader, Some(delimiter), max_len, Location::caller())
+    }
+
+    /// Reads `reader` to its end into a new secret of exactly that length, refusing more than
+    /// `max_len` bytes: a key file. Reads into protected memory only, as
+    /// [`from_reader_until`](Self::from_reader_until) does.
+    ///
+    /// # Errors
+    /// [`Error::Read`] when the reader fails or has more than `max_len` bytes;
+    /// [`Error::InvalidLength`] when it is empty; those of [`new`](Self::new).
+    #[track_caller]
+    pub fn from_reader_to_end(
+        &self,
+        reader: impl io::Read,
+        max_len: usize,
+    ) -> Result<Secret, Error> {
+        self.read_up_to(reader, None, max_len, Location::caller())
+    }
+
+    fn read_up_to(
+        &self,
+        mut reader: impl io::Read,
+        delimiter: Option<u8>,
+        max_len: usize,
+        created_at: &'static Location<'static>,
+    ) -> Result<Secret, Error> {
+        let mut len = 0;
+        let staging = self.make(max_len, created_at, |buffer| {
+            len = read_until(&mut reader, delimiter, buffer)?;
+            Ok::<(), Error>(())
+        })?;
+        let made = staging.with_bytes(|staged| {
+            let mut kept = &staged[..len];
+            if delimiter == Some(b'\n') {
+                kept = kept.strip_suffix(b"\r").unwrap_or(kept);
+            }
+            self.make(kept.len(), created_at, |destination| {
+                destination.copy_from_slice(kept);
+                Ok::<(), Error>(())
+            })
+        });
+        let closed = staging.close();
+        let secret = made??;
+        closed?;
+        Ok(secret)
+    }
+
+    /// Moves the bytes of `bytes` into a new secret and wipes the vector's whole capacity,
+    /// success or not (it is consumed either way).
+    ///
+    /// ```
+    /// use securememory::ProtectedMemorySecretFactory;
+    ///
+    /// let token = String::from("bearer-token").into_bytes();
+    /// let secret = ProtectedMemorySecretFactory::DEFAULT.from_vec(token)?;
+    /// assert_eq!(secret.len(), 12);
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`new`](Self::new).
+    #[track_caller]
+    pub fn from_vec(&self, mut bytes: Vec<u8>) -> Result<Secret, Error> {
+        let made = self.make(bytes.len(), Location::caller(), |destination| {
+            destination.copy_from_slice(&bytes);
+            Ok::<(), Error>(())
+        });
+        zeroize::Zeroize::zeroize(&mut bytes);
+        made
+    }
+
+    /// Moves a string's bytes into a new secret and wipes its whole capacity, success or not.
+    ///
+    /// # Errors
+    /// Those of [`new`](Self::new).
+    #[track_caller]
+    pub fn from_string(&self, text: String) -> Result<Secret, Error> {
+        self.from_vec(text.into_bytes())
+    }
+
+    /// A new secret holding the bytes of `secret`, copied from its memory to the new one's
+    /// with no copy between.
+    ///
+    /// ```
+    /// use securememory::ProtectedMemorySecretFactory;
+    ///
+    /// let factory = ProtectedMemorySecretFactory::DEFAULT;
+    /// let key = factory.create_random(32)?;
+    /// let copy = factory.duplicate(&key)?;
+    /// assert!(key.constant_time_eq_secret(&copy)?);
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`Secret::with_bytes`] on `secret` ([`Error::Closed`] ...) and of
+    /// [`new`](Self::new).
+    #[track_caller]
+    pub fn duplicate(&self, secret: &Secret) -> Result<Secret, Error> {
+        self.make(secret.len(), Location::caller(), |destination| {
+            secret.with_bytes(|source| destination.copy_from_slice(source))
+        })
+    }
+}
+
+/// The factory of [`Secret`]'s own constructors.
+static DEFAULT_FACTORY: ProtectedMemorySecretFactory = ProtectedMemorySecretFactory::DEFAULT;
+
+/// The front door: secrets made by the default factory
+/// ([`ProtectedMemorySecretFactory::DEFAULT`]), with one import. Use a factory of your own for
+/// other choices ([`ProtectedMemorySecretFactory::builder`]).
+///
+/// ```
+/// use securememory::Secret;
+///
+/// let key = Secret::random(32)?;
+/// let mut raw = *b"a token";
+/// let token = Secret::new(&mut raw)?;
+/// assert_eq!(raw, [0; 7], "the source is wiped");
+/// assert!(token.constant_time_eq(b"a token")?);
+/// # let _ = key;
+/// # Ok::<(), securememory::Error>(())
+/// ```
+impl Secret {
+    /// Copies `bytes` into a new secret and wipes them: [`ProtectedMemorySecretFactory::new`]
+    /// with the default factory.
+    ///
+    /// # Errors
+    /// See [`ProtectedMemorySecretFactory::new`].
+    #[track_caller]
+    pub fn new(bytes: &mut [u8]) -> Result<Secret, Error> {
+        DEFAULT_FACTORY.new(bytes)
+    }
+
+    /// A secret of `len` random bytes: [`ProtectedMemorySecretFactory::create_random`] with the
+    /// default factory.
+    ///
+    /// # Errors
+    /// See [`ProtectedMemorySecretFactory::create_random`].
+    #[track_caller]
+    pub fn random(len: usize) -> Result<Secret, Error> {
+        DEFAULT_FACTORY.create_random(len)
+    }
+
+    /// A secret of `len` bytes written in place by `fill`:
+    /// [`ProtectedMemorySecretFactory::new_with`] with the default factory.
+    ///
+    /// # Errors
+    /// See [`ProtectedMemorySecretFactory::new_with`].
+    #[track_caller]
+    pub fn new_with<E: From<Error>>(
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Secret, E> {
+        DEFAULT_FACTORY.new_with(len, fill)
+    }
+
+    /// Exactly `len` bytes read from `reader`: [`ProtectedMemorySecretFactory::from_reader`]
+    /// with the default factory.
+    ///
+    /// # Errors
+    /// See [`ProtectedMemorySecretFactory::from_reader`].
+    #[track_caller]
+    pub fn from_reader(reader: impl io::Read, len: usize) -> Result<Secret, Error> {
+        DEFAULT_FACTORY.from_reader(reader, len)
+    }
+
+    /// The bytes of `reader` up to `delimiter`:
+    /// [`ProtectedMemorySecretFactory::from_reader_until`] with the default factory.
+    ///
+    /// # Errors
+    /// See [`ProtectedMemorySecretFactory::from_reader_until`].
+    #[track_caller]
+    pub fn from_reader_until(
+        reader: impl io::Read,
+        delimiter: u8,
+        max_len: usize,
+    ) -> Result<Secret, Error> {
+        DEFAULT_FACTORY.from_reader_until(reader, delimiter, max_len)
+    }
+
+    /// A vector's bytes, its capacity wiped: [`ProtectedMemorySecretFactory::from_vec`] with the
+    /// default factory.
+    ///
+    /// # Errors
+    /// See [`ProtectedMemorySecretFactory::from_vec`].
+    #[track_caller]
+    pub fn from_vec(bytes: Vec<u8>) -> Result<Secret, Error> {
+        DEFAULT_FACTORY.from_vec(bytes)
+    }
+
+    /// A string's bytes, its capacity wiped: [`ProtectedMemorySecretFactory::from_string`] with
+    /// the default factory.
+    ///
+    /// # Errors
+    /// See [`ProtectedMemorySecretFactory::from_string`].
+    #[track_caller]
+    pub fn from_string(text: String) -> Result<Secret, Error> {
+        DEFAULT_FACTORY.from_string(text)
+    }
+
+    /// A new secret with the same bytes, made by the default factory:
+    /// [`ProtectedMemorySecretFactory::duplicate`].
+    ///
+    /// # Errors
+    /// See [`ProtectedMemorySecretFactory::duplicate`].
+    #[track_caller]
+    pub fn duplicate(&self) -> Result<Secret, Error> {
+        DEFAULT_FACTORY.duplicate(self)
+    }
+}
+
+/// Reads into `buffer` one byte per call until `delimiter` (not stored) or the end; the number
+/// of bytes stored.
+fn read_until(
+    reader: &mut impl io::Read,
+    delimiter: Option<u8>,
+    buffer: &mut [u8],
+) -> Result<usize, Error> {
+    let mut len = 0;
+    loop {
+        let Some(slot) = buffer.get_mut(len..=len) else {
+            // Full: only the end (or the delimiter) may come now.
+            let mut next = 0u8;
+            let more = match reader.read(std::slice::from_mut(&mut next)) {
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(Error::Read(error)),
+            };
+            let ended = more == 0 || Some(next) == delimiter;
+            zeroize::Zeroize::zeroize(&mut next);
+            if ended {
+                break;
+            }
+            return Err(Error::Read(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "longer than the most bytes allowed",
+            )));
+        };
+        match reader.read(slot) {
+            Ok(0) => break,
+            Ok(_) if Some(slot[0]) == delimiter => {
+                slot[0] = 0;
+                break;
+            }
+            Ok(_) => len += 1,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(Error::Read(error)),
+        }
+    }
+    if len == 0 {
+        return Err(Error::InvalidLength);
+    }
+    Ok(len)
 }
 
 #[cfg(all(test, target_os = "linux"))]

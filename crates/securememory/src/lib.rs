@@ -3,6 +3,7 @@
 mod access;
 mod error;
 mod factory;
+mod interop;
 mod policy;
 mod purge;
 mod region;
@@ -15,7 +16,7 @@ mod sys;
 pub mod system;
 mod usage;
 
-pub use error::Error;
+pub use error::{Error, Operation};
 pub use factory::{FactoryBuilder, ProtectedMemorySecretFactory, SecretFactory};
 pub use policy::{Backing, MlockPolicy, Protection, Strategy};
 #[cfg(unix)]

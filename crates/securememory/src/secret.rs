@@ -1,7 +1,7 @@
 //! `Secret`: where its bytes are kept plus its access state. The public type.
 
 use crate::access::{this_threads_line, Access, Entry, Gate, Mode};
-use crate::error::Error;
+use crate::error::{Error, Operation};
 use crate::policy::Protection;
 use crate::region::{Region, Window};
 use crate::registry::Registry;
@@ -321,7 +321,7 @@ impl Secret {
             Some(Mode::Read) => Entry::Nested,
             Some(Mode::Write) => {
                 return Err(Error::Reentrant {
-                    operation: "with_bytes",
+                    operation: Operation::WithBytes,
                 })
             }
             // A writer waiting on this secret may be waiting for an access this thread holds
@@ -430,7 +430,7 @@ impl Secret {
         let outer = innermost();
         if held_from(outer, &self.shared.access).is_some() {
             return Err(Error::Reentrant {
-                operation: "with_bytes_mut",
+                operation: Operation::WithBytesMut,
             });
         }
         self.refuse_in_forked_child()?;
@@ -479,6 +479,119 @@ impl Secret {
             return Err(Error::Corrupted);
         }
         Ok(result)
+    }
+
+    /// Runs `action` with the bytes as an array of exactly `N` bytes: for keys, whose types
+    /// want a fixed size.
+    ///
+    /// ```
+    /// use securememory::ProtectedMemorySecretFactory;
+    ///
+    /// let key = ProtectedMemorySecretFactory::DEFAULT.create_random(32)?;
+    /// let first = key.with_array(|key: &[u8; 32]| key[0])?;
+    /// assert!(key.with_array(|_: &[u8; 16]| ()).is_err(), "a 32-byte secret is no 16-byte key");
+    /// # let _ = first;
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`] when the secret is not `N` bytes long (`action` is not run);
+    /// those of [`with_bytes`](Secret::with_bytes).
+    #[inline]
+    pub fn with_array<const N: usize, R>(
+        &self,
+        action: impl FnOnce(&[u8; N]) -> R,
+    ) -> Result<R, Error> {
+        if self.len() != N {
+            return Err(Error::InvalidLength);
+        }
+        self.with_bytes(|bytes| action(bytes.try_into().expect("the length was checked")))
+    }
+
+    /// Runs `action` with the bytes as a writable array of exactly `N` bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`] when the secret is not `N` bytes long (`action` is not run);
+    /// those of [`with_bytes_mut`](Secret::with_bytes_mut).
+    pub fn with_array_mut<const N: usize, R>(
+        &self,
+        action: impl FnOnce(&mut [u8; N]) -> R,
+    ) -> Result<R, Error> {
+        if self.len() != N {
+            return Err(Error::InvalidLength);
+        }
+        self.with_bytes_mut(|bytes| action(bytes.try_into().expect("the length was checked")))
+    }
+
+    /// As [`with_bytes`](Secret::with_bytes), for a fallible `action`: one `Result`, whose error
+    /// type takes the library's [`Error`] too, so `?` works for both.
+    ///
+    /// ```
+    /// use securememory::{Error, ProtectedMemorySecretFactory};
+    ///
+    /// #[derive(Debug)]
+    /// enum AppError { Secret(Error), NotUtf8 }
+    /// impl From<Error> for AppError {
+    ///     fn from(e: Error) -> Self { AppError::Secret(e) }
+    /// }
+    ///
+    /// let token = ProtectedMemorySecretFactory::DEFAULT.from_vec(b"abc".to_vec())?;
+    /// let len: Result<usize, AppError> = token.try_with_bytes(|t| {
+    ///     std::str::from_utf8(t).map(str::len).map_err(|_| AppError::NotUtf8)
+    /// });
+    /// assert_eq!(len.unwrap(), 3);
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`with_bytes`](Secret::with_bytes), converted, and whatever `action` returns.
+    #[inline]
+    pub fn try_with_bytes<R, E: From<Error>>(
+        &self,
+        action: impl FnOnce(&[u8]) -> Result<R, E>,
+    ) -> Result<R, E> {
+        self.with_bytes(action)?
+    }
+
+    /// As [`with_bytes_mut`](Secret::with_bytes_mut), for a fallible `action` (see
+    /// [`try_with_bytes`](Secret::try_with_bytes)). What `action` wrote stays even when it
+    /// returns an error.
+    ///
+    /// # Errors
+    /// Those of [`with_bytes_mut`](Secret::with_bytes_mut), converted, and whatever `action`
+    /// returns.
+    pub fn try_with_bytes_mut<R, E: From<Error>>(
+        &self,
+        action: impl FnOnce(&mut [u8]) -> Result<R, E>,
+    ) -> Result<R, E> {
+        self.with_bytes_mut(action)?
+    }
+
+    /// Whether the secret's bytes equal `other`, in time that depends on the length only (not
+    /// on where the bytes differ): for comparing a presented token or MAC.
+    ///
+    /// ```
+    /// use securememory::ProtectedMemorySecretFactory;
+    ///
+    /// let token = ProtectedMemorySecretFactory::DEFAULT.from_vec(b"s3cr3t".to_vec())?;
+    /// assert!(token.constant_time_eq(b"s3cr3t")?);
+    /// assert!(!token.constant_time_eq(b"s3cr3T")?);
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`with_bytes`](Secret::with_bytes).
+    pub fn constant_time_eq(&self, other: &[u8]) -> Result<bool, Error> {
+        self.with_bytes(|bytes| bool::from(subtle::ConstantTimeEq::ct_eq(bytes, other)))
+    }
+
+    /// Whether two secrets hold the same bytes, compared as
+    /// [`constant_time_eq`](Secret::constant_time_eq) does, inside accesses to both.
+    ///
+    /// # Errors
+    /// Those of [`with_bytes`](Secret::with_bytes) on either.
+    pub fn constant_time_eq_secret(&self, other: &Secret) -> Result<bool, Error> {
+        self.with_bytes(|bytes| other.constant_time_eq(bytes))?
     }
 
     /// A reader over the secret's bytes: each `read` call is one access.
@@ -558,6 +671,13 @@ impl Secret {
     }
 }
 
+// A panic inside an access ends it (`Held`'s drop) and leaves the access state consistent; a
+// write that panicked leaves whatever bytes it wrote, which is what the caller asked for. The
+// only interior state not already unwind-safe is the factory's degradation callback, which a
+// secret never calls.
+impl std::panic::UnwindSafe for Secret {}
+impl std::panic::RefUnwindSafe for Secret {}
+
 impl Drop for Secret {
     fn drop(&mut self) {
         if let Err(error) = self.close() {
@@ -580,7 +700,9 @@ impl Shared {
 
     pub(crate) fn close(&self) -> Result<(), Error> {
         if held_from(innermost(), &self.access).is_some() {
-            return Err(Error::Reentrant { operation: "close" });
+            return Err(Error::Reentrant {
+                operation: Operation::Close,
+            });
         }
         if self.store.in_forked_child() {
             // The reader counts and the lock may belong to threads of the parent, which do not
@@ -679,7 +801,7 @@ impl fmt::Debug for SecretReader<'_> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::access::tests::wait_until;
-    use crate::{ProtectedMemorySecretFactory, Secret, SecretFactory};
+    use crate::{ProtectedMemorySecretFactory, Secret};
     use std::sync::{mpsc, Arc, Barrier};
     use std::thread;
     use std::time::Duration;

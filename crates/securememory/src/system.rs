@@ -34,7 +34,7 @@ pub fn check_secret_memory() -> Result<(), Error> {
     match sys::secretmem_support() {
         SecretMemSupport::Available => Ok(()),
         SecretMemSupport::Unavailable(reason) => Err(Error::BackingUnavailable {
-            backing: Backing::SecretMem.name(),
+            backing: Backing::SecretMem,
             reason,
         }),
         SecretMemSupport::Failed(error) => Err(error.into()),

@@ -179,7 +179,12 @@ fn close_inside_a_read_is_an_error_not_a_deadlock() {
         let secret = common::default_factory().create_random(8).unwrap();
         let inner = secret.with_bytes(|_| secret.close()).unwrap();
         assert!(
-            matches!(inner, Err(Error::Reentrant { operation: "close" })),
+            matches!(
+                inner,
+                Err(Error::Reentrant {
+                    operation: securememory::Operation::Close
+                })
+            ),
             "{inner:?}"
         );
         assert!(!secret.is_closed(), "a refused close must not close");

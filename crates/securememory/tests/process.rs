@@ -266,8 +266,8 @@ fn on_corruption_abort_kills_the_process_and_says_why() {
         "child did not abort ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(!stdout.contains("survived"), "{stdout}");
-    let line = "securememory: aborting the process (OnCorruption::Abort): the canary right \
-                before a secret was overwritten";
+    let line = "securememory: aborting the process (OnCorruption::Abort): a secret's memory was \
+                corrupted (the canary right before it overwritten";
     assert_eq!(
         stderr.lines().filter(|l| l.starts_with(line)).count(),
         1,

@@ -3,7 +3,7 @@
 //! abort ends the process is checked in `tests/process.rs`.
 
 use super::*;
-use crate::{ProtectedMemorySecretFactory, SecretFactory, Strategy};
+use crate::{ProtectedMemorySecretFactory, Strategy};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn overwrite_canary(bytes: &mut [u8]) {

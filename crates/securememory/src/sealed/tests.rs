@@ -1,6 +1,6 @@
 use super::{Sealed, HEADER_LEN, NONCE_LEN, SCRUBBED_STACK};
 use crate::secret::{Shared, Store};
-use crate::{Error, OnCorruption, ProtectedMemorySecretFactory, Secret, SecretFactory, Strategy};
+use crate::{Error, OnCorruption, ProtectedMemorySecretFactory, Secret, Strategy};
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use std::hint::black_box;

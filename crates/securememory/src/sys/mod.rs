@@ -463,14 +463,13 @@ pub(crate) fn install_fork_handlers() {
 
 /// Why the OS refused what [`diagnose`] calls a [`Shortage::LockLimit`], and what the limit is,
 /// in words for an error message (`RLIMIT_MEMLOCK` and `ulimit -l`; the working set on Windows).
-pub(crate) struct LockLimitText<'a> {
+pub(crate) struct LockLimitText {
     pub(crate) limit: Option<u64>,
-    pub(crate) source: &'a io::Error,
 }
 
-impl fmt::Display for LockLimitText<'_> {
+impl fmt::Display for LockLimitText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        os::write_lock_limit(f, self.limit, self.source)
+        os::write_lock_limit(f, self.limit)
     }
 }
 

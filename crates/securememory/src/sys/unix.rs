@@ -231,35 +231,24 @@ pub(super) fn epoch_word() -> &'static std::sync::atomic::AtomicU64 {
 }
 
 /// The locked-memory limit, for [`super::LockLimitText`].
-pub(super) fn write_lock_limit(
-    f: &mut fmt::Formatter<'_>,
-    limit: Option<u64>,
-    source: &io::Error,
-) -> fmt::Result {
-    f.write_str("the process has reached its locked-memory limit (RLIMIT_MEMLOCK ")?;
+pub(super) fn write_lock_limit(f: &mut fmt::Formatter<'_>, limit: Option<u64>) -> fmt::Result {
     match limit {
-        Some(bytes) => write!(f, "soft limit: {bytes} bytes")?,
-        None => f.write_str("soft limit: reported as unlimited")?,
+        Some(bytes) => write!(f, "RLIMIT_MEMLOCK ({bytes} bytes) reached")?,
+        None => f.write_str("RLIMIT_MEMLOCK (unlimited) refused")?,
     }
-    write!(
-        f,
-        "; the OS said: {source}); raise it with `ulimit -l`, systemd `LimitMEMLOCK=`, or a \
-         container's `--ulimit memlock=`, or close unused secrets"
-    )
+    f.write_str("; raise it (`ulimit -l`, `LimitMEMLOCK=`, `--ulimit memlock=`)")
 }
 
 /// What to do when descriptors or memory ran out, for [`super::Remedy`].
 pub(super) fn write_remedy(f: &mut fmt::Formatter<'_>, error: &io::Error) -> fmt::Result {
     match error.raw_os_error() {
-        Some(libc::EMFILE) => f.write_str(
-            "; the process has as many open file descriptors as RLIMIT_NOFILE allows: close \
-             some, or raise it with `ulimit -n` or systemd `LimitNOFILE=`",
-        ),
-        Some(libc::ENFILE) => f.write_str(
-            "; the system has as many open files as fs.file-max allows: close some, or raise it \
-             with `sysctl -w fs.file-max=N`",
-        ),
-        Some(libc::ENOMEM) => f.write_str("; the system is out of memory"),
+        Some(libc::EMFILE) => {
+            f.write_str(": RLIMIT_NOFILE is reached; close descriptors or raise it (`ulimit -n`)")
+        }
+        Some(libc::ENFILE) => {
+            f.write_str(": fs.file-max is reached; close files or raise it (`sysctl`)")
+        }
+        Some(libc::ENOMEM) => f.write_str(": the system is out of memory"),
         _ => Ok(()),
     }
 }

@@ -302,15 +302,11 @@ pub(super) fn secretmem_support() -> SecretMemSupport {
 pub(super) fn write_lock_limit(
     f: &mut std::fmt::Formatter<'_>,
     limit: Option<u64>,
-    source: &io::Error,
 ) -> std::fmt::Result {
     let _ = limit;
-    write!(
-        f,
-        "the process's working set has no room for more locked pages (VirtualLock said: \
-         {source}); give the process a larger minimum working set with \
-         `SetProcessWorkingSetSize`, raise the working-set limit of the job object it runs in, \
-         or close unused secrets"
+    f.write_str(
+        "the working set has no room for more locked pages; raise its minimum \
+         (`SetProcessWorkingSetSize`) or its job object's limit",
     )
 }
 
@@ -318,10 +314,9 @@ pub(super) fn write_lock_limit(
 pub(super) fn write_remedy(f: &mut std::fmt::Formatter<'_>, error: &io::Error) -> std::fmt::Result {
     match error.raw_os_error() {
         // ERROR_NOT_ENOUGH_MEMORY, ERROR_OUTOFMEMORY, ERROR_COMMITMENT_LIMIT.
-        Some(8 | 14 | 1455) => f.write_str(
-            "; the system is out of memory it can commit (RAM plus page files): free some, or \
-             enlarge the page file",
-        ),
+        Some(8 | 14 | 1455) => {
+            f.write_str(": the commit limit is reached; free memory or enlarge the page file")
+        }
         _ => Ok(()),
     }
 }

@@ -9,20 +9,32 @@
 //! `--features peers-libsodium`: libsodium's `sodium_mprotect_*` through `SecretVec`) and
 //! `memsec-anonymous`. The protection-key rows are skipped, with a note, where the CPU or kernel
 //! has no protection keys.
+//!
+//! Sealed secrets: `raw-aead-open` (the baseline: copy a ciphertext into a buffer, AES-256-GCM
+//! decrypt in place with a prepared key schedule, read, wipe the buffer) and `secret-sealed`
+//! (`Strategy::Sealed` with the default backing). With two threads on one secret, each raw
+//! thread has a buffer of its own.
+//!
+//! Writes: `write/32B/<threads>` groups measure `with_bytes_mut` flipping a byte, against the
+//! raw cycles opened for writing: `raw-mprotect-<backing>` (`mprotect(READ | WRITE)`),
+//! `raw-wrpkru` (the key opened writable) and `raw-aead-open-seal` (open as above, then encrypt
+//! under a fresh nonce back into the allocation). Each secret has been read once first, as a
+//! secret in use has, so a write pays what writes of such a secret pay (under protection keys
+//! and sealing, making every thread fence before it looks for readers).
 
 #[cfg(target_os = "linux")]
 mod common;
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use super::common::{self, ProtectionKeyRows};
+    use super::common::{self, ProtectionKeyRows, SealedRows};
     use criterion::{criterion_group, BenchmarkGroup};
     use criterion::{measurement::WallTime, Criterion};
-    use securememory::{Secret, SecretFactory};
+    use securememory::Secret;
     #[cfg(feature = "peers-libsodium")]
     use securememory_bench::peers;
     use securememory_bench::peers::Memsec;
-    use securememory_bench::raw::{RawKeyedSecret, RawSecret};
+    use securememory_bench::raw::{RawKeyedSecret, RawSealed, RawSecret};
     use securememory_bench::threads::{aggregate, BusySibling};
     use securememory_bench::{touch, SIZES};
     use std::hint::black_box;
@@ -46,6 +58,7 @@ mod linux {
         len: usize,
         sibling: bool,
         keys: Option<&ProtectionKeyRows>,
+        sealed: Option<&SealedRows>,
     ) {
         let bytes = common::pattern(len);
         for (name, factory, raw_backing) in common::backings() {
@@ -88,6 +101,27 @@ mod linux {
             });
             secret.close().expect("closing a secret");
         }
+        if let Some(sealed) = sealed {
+            let raw = sealed.sealer.seal(&mut bytes.clone());
+            let mut buffer = vec![0u8; len];
+            group.bench_function("raw-aead-open", |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(sealed.sealer.open(&raw, &mut buffer, touch));
+                    })
+                })
+            });
+            raw.close();
+            let secret = sealed.factory.new(&mut bytes.clone()).expect("secret");
+            group.bench_function("secret-sealed", |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(secret.with_bytes(touch).expect("with_bytes"));
+                    })
+                })
+            });
+            secret.close().expect("closing a secret");
+        }
         #[cfg(feature = "peers-libsodium")]
         {
             let sodium = peers::sodium(&bytes);
@@ -113,6 +147,7 @@ mod linux {
         group: &mut BenchmarkGroup<'_, WallTime>,
         len: usize,
         keys: Option<&ProtectionKeyRows>,
+        sealed: Option<&SealedRows>,
     ) {
         let bytes = common::pattern(len);
         for (name, factory, _) in common::backings() {
@@ -153,12 +188,39 @@ mod linux {
             });
             secret.close().expect("closing a secret");
         }
+        if let Some(sealed) = sealed {
+            // One ciphertext for both threads, a buffer for each.
+            let raw = sealed.sealer.seal(&mut bytes.clone());
+            group.bench_function("raw-aead-open", |b| {
+                b.iter_custom(|iters| {
+                    aggregate(2, iters, |_, n| {
+                        let mut buffer = vec![0u8; len];
+                        for _ in 0..n {
+                            black_box(sealed.sealer.open(&raw, &mut buffer, touch));
+                        }
+                    })
+                })
+            });
+            raw.close();
+            let secret = sealed.factory.new(&mut bytes.clone()).expect("secret");
+            group.bench_function("secret-sealed", |b| {
+                b.iter_custom(|iters| {
+                    aggregate(2, iters, |_, n| {
+                        for _ in 0..n {
+                            black_box(secret.with_bytes(touch).expect("with_bytes"));
+                        }
+                    })
+                })
+            });
+            secret.close().expect("closing a secret");
+        }
     }
 
     fn two_threads_own(
         group: &mut BenchmarkGroup<'_, WallTime>,
         len: usize,
         keys: Option<&ProtectionKeyRows>,
+        sealed: Option<&SealedRows>,
     ) {
         let bytes = common::pattern(len);
         for (name, factory, raw_backing) in common::backings() {
@@ -218,23 +280,149 @@ mod linux {
                 })
             });
         }
+        if let Some(sealed) = sealed {
+            let raws: Vec<RawSealed> = (0..2)
+                .map(|_| sealed.sealer.seal(&mut bytes.clone()))
+                .collect();
+            group.bench_function("raw-aead-open", |b| {
+                b.iter_custom(|iters| {
+                    aggregate(2, iters, |index, n| {
+                        let mut buffer = vec![0u8; len];
+                        for _ in 0..n {
+                            black_box(sealed.sealer.open(&raws[index], &mut buffer, touch));
+                        }
+                    })
+                })
+            });
+            drop(raws);
+            let secrets: Vec<Secret> = (0..2)
+                .map(|_| sealed.factory.new(&mut bytes.clone()).expect("secret"))
+                .collect();
+            group.bench_function("secret-sealed", |b| {
+                b.iter_custom(|iters| {
+                    aggregate(2, iters, |index, n| {
+                        for _ in 0..n {
+                            black_box(secrets[index].with_bytes(touch).expect("with_bytes"));
+                        }
+                    })
+                })
+            });
+        }
+    }
+
+    /// A write: flips a byte and reads them all, so that the bytes really are written and read.
+    #[inline]
+    fn flip(bytes: &mut [u8]) -> u8 {
+        bytes[0] ^= 1;
+        touch(bytes)
+    }
+
+    /// Reads `secret` once, as a secret in use has been read: under protection keys and sealing,
+    /// a write of such a secret makes every thread fence before it looks for readers.
+    fn read_once(secret: &Secret) {
+        black_box(secret.with_bytes(touch).expect("with_bytes"));
+    }
+
+    fn one_thread_writes(
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        sibling: bool,
+        keys: Option<&ProtectionKeyRows>,
+        sealed: Option<&SealedRows>,
+    ) {
+        let bytes = common::pattern(32);
+        for (name, factory, raw_backing) in common::backings() {
+            let mut raw = RawSecret::new(&mut bytes.clone(), raw_backing).expect("raw secret");
+            group.bench_function(format!("raw-mprotect-{name}"), |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(raw.access_mut(flip));
+                    })
+                })
+            });
+            raw.close().expect("closing a raw secret");
+            let secret = factory.new(&mut bytes.clone()).expect("secret");
+            read_once(&secret);
+            group.bench_function(format!("secret-{name}"), |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(secret.with_bytes_mut(flip).expect("with_bytes_mut"));
+                    })
+                })
+            });
+            secret.close().expect("closing a secret");
+        }
+        if let Some(keys) = keys {
+            let mut raw = RawKeyedSecret::new(&mut bytes.clone(), keys.raw_backing).expect("raw");
+            group.bench_function("raw-wrpkru", |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(raw.access_mut(flip));
+                    })
+                })
+            });
+            raw.close().expect("closing a raw secret");
+            let secret = keys.factory.new(&mut bytes.clone()).expect("secret");
+            read_once(&secret);
+            group.bench_function("secret-protection-key", |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(secret.with_bytes_mut(flip).expect("with_bytes_mut"));
+                    })
+                })
+            });
+            secret.close().expect("closing a secret");
+        }
+        if let Some(sealed) = sealed {
+            let mut raw = sealed.sealer.seal(&mut bytes.clone());
+            let mut buffer = vec![0u8; bytes.len()];
+            group.bench_function("raw-aead-open-seal", |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(sealed.sealer.open_seal(&mut raw, &mut buffer, flip));
+                    })
+                })
+            });
+            raw.close();
+            let secret = sealed.factory.new(&mut bytes.clone()).expect("secret");
+            read_once(&secret);
+            group.bench_function("secret-sealed", |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, sibling, || {
+                        black_box(secret.with_bytes_mut(flip).expect("with_bytes_mut"));
+                    })
+                })
+            });
+            secret.close().expect("closing a secret");
+        }
     }
 
     fn access(c: &mut Criterion) {
         let keys = common::protection_key();
         let keys = keys.as_ref();
+        let sealed = common::sealed();
+        let sealed = sealed.as_ref();
         for (size, len) in SIZES {
             let mut group = c.benchmark_group(format!("access/{size}/1-thread"));
-            one_thread(&mut group, len, false, keys);
+            one_thread(&mut group, len, false, keys, sealed);
             group.finish();
             let mut group = c.benchmark_group(format!("access/{size}/1-thread-busy-sibling"));
-            one_thread(&mut group, len, true, keys);
+            one_thread(&mut group, len, true, keys, sealed);
             group.finish();
             let mut group = c.benchmark_group(format!("access/{size}/2-threads-shared"));
-            two_threads_shared(&mut group, len, keys);
+            two_threads_shared(&mut group, len, keys, sealed);
             group.finish();
             let mut group = c.benchmark_group(format!("access/{size}/2-threads-own"));
-            two_threads_own(&mut group, len, keys);
+            two_threads_own(&mut group, len, keys, sealed);
+            group.finish();
+        }
+    }
+
+    fn write(c: &mut Criterion) {
+        let keys = common::protection_key();
+        let sealed = common::sealed();
+        for (mode, sibling) in [("1-thread", false), ("1-thread-busy-sibling", true)] {
+            let mut group = c.benchmark_group(format!("write/32B/{mode}"));
+            one_thread_writes(&mut group, sibling, keys.as_ref(), sealed.as_ref());
             group.finish();
         }
     }
@@ -242,7 +430,7 @@ mod linux {
     criterion_group! {
         name = benches;
         config = common::criterion();
-        targets = access
+        targets = access, write
     }
 }
 

@@ -9,6 +9,11 @@
 //! `secret-protection-key` (`Strategy::ProtectionKey`, the default backing; skipped where the CPU
 //! has no protection keys), `secrets-crate` (`sodium_malloc` + `sodium_free`) and
 //! `memsec-<backing>` (malloc, mprotect to no access, mprotect back, free).
+//!
+//! Sealed secrets: `raw-aead-seal` (the baseline: allocate, copy in or `getrandom(2)`, AES-256-GCM
+//! encrypt in place with a prepared key schedule, wipe the source; then wipe and free) and
+//! `secret-sealed` (`Strategy::Sealed`, the default backing). Its target is against the raw
+//! page sequence of the default backing: a sealed secret needs no mapping of its own.
 
 #[cfg(target_os = "linux")]
 mod common;
@@ -17,7 +22,6 @@ mod common;
 mod linux {
     use super::common;
     use criterion::{criterion_group, Criterion};
-    use securememory::SecretFactory;
     #[cfg(feature = "peers-libsodium")]
     use securememory_bench::peers;
     use securememory_bench::peers::Memsec;
@@ -62,6 +66,23 @@ mod linux {
                 b.iter(|| {
                     buf.copy_from_slice(&source);
                     let secret = keys.factory.new(black_box(&mut buf)).expect("secret");
+                    secret.close().expect("closing a secret");
+                })
+            });
+        }
+        if let Some(sealed) = common::sealed() {
+            group.bench_function("raw-aead-seal", |b| {
+                let mut buf = source.clone();
+                b.iter(|| {
+                    buf.copy_from_slice(&source);
+                    sealed.sealer.seal(black_box(&mut buf)).close();
+                })
+            });
+            group.bench_function("secret-sealed", |b| {
+                let mut buf = source.clone();
+                b.iter(|| {
+                    buf.copy_from_slice(&source);
+                    let secret = sealed.factory.new(black_box(&mut buf)).expect("secret");
                     secret.close().expect("closing a secret");
                 })
             });
@@ -112,6 +133,23 @@ mod linux {
             group.bench_function("secret-protection-key", |b| {
                 b.iter(|| {
                     let secret = keys.factory.create_random(black_box(LEN)).expect("secret");
+                    secret.close().expect("closing a secret");
+                })
+            });
+        }
+        if let Some(sealed) = common::sealed() {
+            group.bench_function("raw-aead-seal", |b| {
+                b.iter(|| {
+                    let raw = sealed.sealer.random(black_box(LEN)).expect("raw secret");
+                    raw.close();
+                })
+            });
+            group.bench_function("secret-sealed", |b| {
+                b.iter(|| {
+                    let secret = sealed
+                        .factory
+                        .create_random(black_box(LEN))
+                        .expect("secret");
                     secret.close().expect("closing a secret");
                 })
             });

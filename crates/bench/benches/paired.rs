@@ -11,13 +11,17 @@
 //! the CPU has none) with the raw `WRPKRU` cycle (`raw-wrpkru`), the raw `mprotect` cycle of the
 //! same backing, itself without a busy sibling, itself on one thread (two threads' aggregate
 //! throughput), and the raw sequence with `pkey_mprotect` (`raw-sequence-protection-key`).
+//! Sealed secrets (`secret-sealed`) are compared with the raw AES-256-GCM open (`raw-aead-open`),
+//! the raw `mprotect` cycle of the default backing, themselves without a busy sibling and on one
+//! thread, the raw page sequence of the default backing and the raw seal (`raw-aead-seal`) for
+//! their lifecycle, and the raw open and seal for writes (`raw-aead-open-seal`).
 
 #[cfg(target_os = "linux")]
 mod common;
 
 #[cfg(target_os = "linux")]
 fn main() {
-    use securememory::{Secret, SecretFactory};
+    use securememory::Secret;
     use securememory_bench::paired::{compare, Paired};
     #[cfg(feature = "peers-libsodium")]
     use securememory_bench::peers;
@@ -36,6 +40,9 @@ fn main() {
     // Protection-key accesses cost tens of nanoseconds: longer blocks still, so that starting
     // the threads (or the busy sibling) between blocks leaves no trace in the block measured.
     const KEY_THREADS_BLOCK: u64 = 100_000;
+    // A sealed secret is made and closed in about a microsecond, against tens for a page: blocks
+    // long enough that the sealed side is not lost in the timer's resolution.
+    const SEALED_LIFECYCLE_BLOCK: u64 = 300;
 
     fn timed(n: u64, mut op: impl FnMut()) -> Duration {
         let start = Instant::now();
@@ -433,6 +440,238 @@ fn main() {
                     })
                 },
             ));
+        }
+    }
+
+    if let Some(sealed) = common::sealed() {
+        let (backing, raw_backing) = common::default_backing();
+        let sealer = &sealed.sealer;
+        let secret = sealed.factory.new(&mut source.clone()).expect("secret");
+        let opened = sealer.seal(&mut source.clone());
+        let mut buffer = [0u8; 32];
+        let alone = "access/32B/1-thread/secret-sealed";
+        let one_thread = |n| {
+            timed(n, || {
+                black_box(read(&secret));
+            })
+        };
+        let raw_open = "access/32B/1-thread/raw-aead-open";
+        if wanted(alone, raw_open) {
+            record(compare(
+                alone,
+                raw_open,
+                rounds,
+                ACCESS_BLOCK,
+                one_thread,
+                |n| {
+                    timed(n, || {
+                        black_box(sealer.open(&opened, &mut buffer, touch));
+                    })
+                },
+            ));
+        }
+        let raw_mprotect = format!("access/32B/1-thread/raw-mprotect-{backing}");
+        if wanted(alone, &raw_mprotect) {
+            let mprotect = RawSecret::new(&mut source.clone(), raw_backing).expect("raw");
+            record(compare(
+                alone,
+                &raw_mprotect,
+                rounds,
+                ACCESS_BLOCK,
+                one_thread,
+                |n| {
+                    timed(n, || {
+                        black_box(mprotect.access(touch));
+                    })
+                },
+            ));
+        }
+        let name = "access/32B/1-thread-busy-sibling/secret-sealed";
+        if wanted(name, alone) {
+            let with_sibling = |n| {
+                let busy = BusySibling::start();
+                let elapsed = one_thread(n);
+                drop(busy);
+                elapsed
+            };
+            record(compare(
+                name,
+                alone,
+                rounds / 4 + 1,
+                KEY_THREADS_BLOCK,
+                with_sibling,
+                one_thread,
+            ));
+        }
+        let other = sealed.factory.new(&mut source.clone()).expect("secret");
+        for (mode, own) in [
+            ("2-threads-shared", [&secret, &secret]),
+            ("2-threads-own", [&secret, &other]),
+        ] {
+            let name = format!("access/32B/{mode}/secret-sealed");
+            if !wanted(&name, alone) {
+                continue;
+            }
+            record(compare(
+                &name,
+                alone,
+                rounds / 4 + 1,
+                KEY_THREADS_BLOCK,
+                |n| {
+                    aggregate(2, n, |index, n| {
+                        for _ in 0..n {
+                            black_box(read(own[index]));
+                        }
+                    })
+                },
+                one_thread,
+            ));
+        }
+        drop(other);
+        // The same scaling for the raw open: what two threads can gain on this machine at all.
+        let other = sealer.seal(&mut source.clone());
+        for (mode, ciphertexts) in [
+            ("2-threads-shared", [&opened, &opened]),
+            ("2-threads-own", [&opened, &other]),
+        ] {
+            let name = format!("access/32B/{mode}/raw-aead-open");
+            if !wanted(&name, raw_open) {
+                continue;
+            }
+            let mut alone_buffer = [0u8; 32];
+            record(compare(
+                &name,
+                raw_open,
+                rounds / 4 + 1,
+                KEY_THREADS_BLOCK,
+                |n| {
+                    aggregate(2, n, |index, n| {
+                        let mut buffer = [0u8; 32];
+                        for _ in 0..n {
+                            black_box(sealer.open(ciphertexts[index], &mut buffer, touch));
+                        }
+                    })
+                },
+                |n| {
+                    timed(n, || {
+                        black_box(sealer.open(&opened, &mut alone_buffer, touch));
+                    })
+                },
+            ));
+        }
+        drop(other);
+        let name = "write/32B/1-thread/secret-sealed";
+        let baseline = "write/32B/1-thread/raw-aead-open-seal";
+        if wanted(name, baseline) {
+            let mut written = sealer.seal(&mut source.clone());
+            let flip = |bytes: &mut [u8]| {
+                bytes[0] ^= 1;
+                touch(bytes)
+            };
+            record(compare(
+                name,
+                baseline,
+                rounds,
+                ACCESS_BLOCK,
+                |n| {
+                    timed(n, || {
+                        black_box(secret.with_bytes_mut(flip).expect("with_bytes_mut"));
+                    })
+                },
+                |n| {
+                    timed(n, || {
+                        black_box(sealer.open_seal(&mut written, &mut buffer, flip));
+                    })
+                },
+            ));
+        }
+        let name = "reader/32B/read_to_end-sealed";
+        let baseline = "reader/32B/with_bytes-sealed";
+        if wanted(name, baseline) {
+            let mut out = Vec::with_capacity(64);
+            let mut copy = [0u8; 32];
+            record(compare(
+                name,
+                baseline,
+                rounds,
+                ACCESS_BLOCK,
+                |n| {
+                    timed(n, || {
+                        out.clear();
+                        black_box(secret.reader().read_to_end(&mut out).expect("read"));
+                    })
+                },
+                |n| {
+                    timed(n, || {
+                        secret
+                            .with_bytes(|b| copy.copy_from_slice(b))
+                            .expect("with_bytes");
+                        black_box(&mut copy);
+                    })
+                },
+            ));
+        }
+        drop((secret, opened));
+        for (operation, group) in [
+            ("new", "new-close"),
+            ("create_random", "create_random-close"),
+        ] {
+            let name = format!("lifecycle/32B/{group}/secret-sealed");
+            let random = operation == "create_random";
+            let (mut a, mut b) = (source.clone(), source.clone());
+            let mut candidate = |n| {
+                timed(n, || {
+                    let secret = if random {
+                        sealed.factory.create_random(32)
+                    } else {
+                        a.copy_from_slice(&source);
+                        sealed.factory.new(&mut a)
+                    };
+                    secret.expect("secret").close().expect("close");
+                })
+            };
+            let baseline = format!("lifecycle/32B/{group}/raw-sequence-{backing}");
+            if wanted(&name, &baseline) {
+                record(compare(
+                    &name,
+                    &baseline,
+                    rounds,
+                    SEALED_LIFECYCLE_BLOCK,
+                    &mut candidate,
+                    |n| {
+                        timed(n, || {
+                            let raw = if random {
+                                RawSecret::random(32, raw_backing)
+                            } else {
+                                b.copy_from_slice(&source);
+                                RawSecret::new(&mut b, raw_backing)
+                            };
+                            raw.expect("raw").close().expect("close");
+                        })
+                    },
+                ));
+            }
+            let baseline = format!("lifecycle/32B/{group}/raw-aead-seal");
+            if wanted(&name, &baseline) {
+                record(compare(
+                    &name,
+                    &baseline,
+                    rounds,
+                    SEALED_LIFECYCLE_BLOCK,
+                    &mut candidate,
+                    |n| {
+                        timed(n, || {
+                            let raw = if random {
+                                sealer.random(32).expect("raw")
+                            } else {
+                                b.copy_from_slice(&source);
+                                sealer.seal(&mut b)
+                            };
+                            raw.close();
+                        })
+                    },
+                ));
+            }
         }
     }
 

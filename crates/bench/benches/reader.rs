@@ -1,7 +1,9 @@
 //! Reader: `read_to_end` of a 32-byte secret, against one `with_bytes` access of it.
 //!
 //! The group is `reader/32B`; rows are `with_bytes-<backing>` (the baseline: one access that
-//! copies the bytes out) and `read_to_end-<backing>`.
+//! copies the bytes out) and `read_to_end-<backing>` under `Strategy::PageProtection`, and
+//! `with_bytes-sealed` and `read_to_end-sealed` under `Strategy::Sealed` (each `read` opens the
+//! ciphertext once).
 
 #[cfg(target_os = "linux")]
 mod common;
@@ -10,7 +12,6 @@ mod common;
 mod linux {
     use super::common;
     use criterion::{criterion_group, Criterion};
-    use securememory::SecretFactory;
     use std::hint::black_box;
     use std::io::Read;
 
@@ -18,7 +19,14 @@ mod linux {
 
     fn reader(c: &mut Criterion) {
         let mut group = c.benchmark_group("reader/32B");
-        for (name, factory, _) in common::backings() {
+        let mut factories: Vec<_> = common::backings()
+            .into_iter()
+            .map(|(name, factory, _)| (name, factory))
+            .collect();
+        if let Some(sealed) = common::sealed() {
+            factories.push(("sealed", sealed.factory));
+        }
+        for (name, factory) in factories {
             let secret = factory.new(&mut common::pattern(LEN)).expect("secret");
             group.bench_function(format!("with_bytes-{name}"), |b| {
                 let mut out = [0u8; LEN];

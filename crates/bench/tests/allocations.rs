@@ -1,10 +1,11 @@
-//! An access to a warm secret makes no heap allocation, under page protection with each backing
-//! and under protection keys (where the CPU has them).
+//! An access to a warm secret makes no heap allocation, under page protection with each backing,
+//! under protection keys (where the CPU has them) and sealed (the plaintext goes to the thread's
+//! scratch area, made by its first access, and a write seals into the allocation it has).
 //!
 //! A counting global allocator wraps the system one; it counts per thread, and only on a thread
 //! that has switched counting on, so other tests and the harness's threads cannot disturb it.
 
-use securememory::{Backing, ProtectedMemorySecretFactory, SecretFactory, Strategy};
+use securememory::{Backing, ProtectedMemorySecretFactory, Strategy};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
@@ -60,8 +61,8 @@ fn allocations_during(work: impl FnOnce()) -> usize {
     ALLOCATIONS.with(Cell::get)
 }
 
-/// The factories measured: page protection with each backing, and protection keys with the
-/// default backing where this machine has them.
+/// The factories measured: page protection with each backing, protection keys with the default
+/// backing where this machine has them, and sealing with the default backing.
 fn factories() -> Vec<(String, ProtectedMemorySecretFactory)> {
     let mut backings = vec![Backing::Anonymous];
     if securememory_bench_secretmem() {
@@ -86,6 +87,12 @@ fn factories() -> Vec<(String, ProtectedMemorySecretFactory)> {
         )),
         Err(reason) => eprintln!("skipped: ProtectionKey: {reason}"),
     }
+    all.push((
+        "Sealed".to_string(),
+        ProtectedMemorySecretFactory::builder()
+            .strategy(Strategy::Sealed)
+            .build(),
+    ));
     all
 }
 
@@ -110,7 +117,8 @@ fn the_counter_sees_allocations() {
 fn ten_thousand_accesses_to_a_warm_secret_allocate_nothing() {
     for (name, factory) in factories() {
         let secret = factory.create_random(32).expect("a secret");
-        // Warm up: thread-locals, lazily initialised statics, the first protection change.
+        // Warm up: thread-locals, lazily initialised statics, the first protection change, the
+        // thread's scratch area.
         secret.with_bytes(|b| black_box(b[0])).expect("with_bytes");
         secret
             .with_bytes_mut(|b| black_box(b[0]))

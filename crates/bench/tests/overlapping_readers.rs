@@ -16,10 +16,16 @@
 //! (skipped where the CPU has no protection keys). A write of a secret that has been read makes
 //! one kind of call only, `membarrier` (every thread fences, so readers need no fence of their
 //! own), which the test lets through its count and nothing else.
+//!
+//! Under `Strategy::Sealed` an access decrypts into the thread's scratch area (mapped by the
+//! thread's first access) with a key page that is either open to reads or opened with `WRPKRU`:
+//! after a warm-up access, reads make no system call and writes only `membarrier`, as under
+//! protection keys. Making a sealed secret with `new(&mut buf)` and closing it allocates and
+//! frees heap memory and takes a registry slot, and after a warm-up makes no system call.
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
-use securememory::{Backing, ProtectedMemorySecretFactory, Secret, SecretFactory, Strategy};
+use securememory::{Backing, Error, ProtectedMemorySecretFactory, Secret, Strategy};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -333,4 +339,107 @@ fn protection_key_reads_make_no_system_call_and_writes_only_membarrier() {
         LAST_TRAPPED.load(Ordering::SeqCst)
     );
     secret.close().expect("close");
+}
+
+#[test]
+fn sealed_reads_make_no_system_call_and_writes_only_membarrier() {
+    let _turn = counting_turn();
+    install_handler();
+    let factory = ProtectedMemorySecretFactory::builder()
+        .strategy(Strategy::Sealed)
+        .build();
+    let secret = factory.create_random(32).expect("a secret");
+    // A fresh thread: the seccomp filter stays with it; its first accesses (outside the trap)
+    // map its scratch area.
+    let window = std::thread::scope(|scope| {
+        scope
+            .spawn(|| count_lone_accesses(&secret))
+            .join()
+            .expect("the trapped thread")
+    });
+    assert_eq!(window.getpid_traps, 1, "the trap must see getpid()");
+    assert_eq!(window.read_failures, 0, "sealed reads failed");
+    assert_eq!(
+        window.read_traps,
+        0,
+        "10,000 sealed reads made system calls (last: {})",
+        LAST_TRAPPED.load(Ordering::SeqCst)
+    );
+    assert_eq!(window.write_failures, 0, "sealed writes failed");
+    assert_eq!(
+        window.write_traps,
+        0,
+        "10,000 sealed writes made system calls besides membarrier (last: {})",
+        LAST_TRAPPED.load(Ordering::SeqCst)
+    );
+    secret.close().expect("close");
+}
+
+struct LifecycleWindow {
+    getpid_traps: usize,
+    traps: usize,
+    failures: Vec<Error>,
+}
+
+/// On the calling thread: make and close a few sealed secrets (the key page, the thread's
+/// scratch area, the allocator's free lists), then trap every system call and count those made
+/// by 1,000 more `new(&mut buf)` + `close()`.
+fn count_sealed_lifecycles(factory: &ProtectedMemorySecretFactory) -> LifecycleWindow {
+    let source = [0x5au8; 32];
+    let mut buf = source;
+    let mut cycle = || {
+        buf.copy_from_slice(&source);
+        factory.new(&mut buf).and_then(|secret| secret.close())
+    };
+    for _ in 0..10 {
+        cycle().expect("a warm-up new + close");
+    }
+    trap_all_syscalls_of_this_thread();
+    COUNTING.store(true, Ordering::SeqCst);
+    // SAFETY: getpid has no preconditions.
+    black_box(unsafe { libc::getpid() });
+    let getpid_traps = TRAPPED.swap(0, Ordering::SeqCst);
+    let failures: Vec<Error> = (0..1_000).filter_map(|_| cycle().err()).collect();
+    let traps = TRAPPED.swap(0, Ordering::SeqCst);
+    COUNTING.store(false, Ordering::SeqCst);
+    LifecycleWindow {
+        getpid_traps,
+        traps,
+        failures,
+    }
+}
+
+#[test]
+fn sealed_new_and_close_make_no_system_call() {
+    let _turn = counting_turn();
+    install_handler();
+    let factory = ProtectedMemorySecretFactory::builder()
+        .strategy(Strategy::Sealed)
+        .build();
+    // Secrets that stay alive meanwhile, so the registry is not empty.
+    let others: Vec<Secret> = (0..100)
+        .map(|_| factory.create_random(32).expect("a secret"))
+        .collect();
+    let window = std::thread::scope(|scope| {
+        scope
+            .spawn(|| count_sealed_lifecycles(&factory))
+            .join()
+            .expect("the trapped thread")
+    });
+    assert_eq!(window.getpid_traps, 1, "the trap must see getpid()");
+    assert!(
+        window.failures.is_empty(),
+        "{} of 1,000 sealed new + close failed, first: {:?}",
+        window.failures.len(),
+        window.failures.first()
+    );
+    assert_eq!(
+        window.traps,
+        0,
+        "1,000 sealed new + close made system calls (last: {})",
+        LAST_TRAPPED.load(Ordering::SeqCst)
+    );
+    for secret in others {
+        secret.close().expect("close");
+    }
 }

@@ -86,3 +86,44 @@ pub fn protection_key() -> Option<ProtectionKeyRows> {
         backing,
     })
 }
+
+/// What the sealed rows measure: the library under `Strategy::Sealed` with the default backing
+/// (its key page and scratch areas in secret memory where the kernel offers it), and the raw
+/// floor (`raw-aead-open`, `raw-aead-open-seal`, `raw-aead-seal`): the same cipher with a key
+/// schedule prepared once.
+pub struct SealedRows {
+    /// A factory for `Strategy::Sealed` with the default backing.
+    pub factory: ProtectedMemorySecretFactory,
+    /// The raw cipher, prepared once.
+    pub sealer: raw::RawSealer,
+}
+
+/// The sealed fixture; `None`, with a note, where this machine cannot seal (the rows are then
+/// skipped).
+pub fn sealed() -> Option<SealedRows> {
+    let factory = ProtectedMemorySecretFactory::builder()
+        .strategy(Strategy::Sealed)
+        .build();
+    let made = factory
+        .create_random(32)
+        .and_then(|secret| secret.close())
+        .map_err(|error| error.to_string())
+        .and_then(|()| raw::RawSealer::new().map_err(|error| error.to_string()));
+    match made {
+        Ok(sealer) => Some(SealedRows { factory, sealer }),
+        Err(reason) => {
+            eprintln!("sealed rows are skipped: {reason}");
+            None
+        }
+    }
+}
+
+/// The name of the default backing in the page-protection rows (`raw-mprotect-<backing>`,
+/// `raw-sequence-<backing>`): secret memory where the kernel offers it.
+pub fn default_backing() -> (&'static str, RawBacking) {
+    if raw::secretmem_available() {
+        ("secretmem", RawBacking::SecretMem)
+    } else {
+        ("anonymous", RawBacking::Anonymous)
+    }
+}

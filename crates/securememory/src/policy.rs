@@ -3,6 +3,21 @@
 //! speak it.
 
 /// Where a secret's bytes live.
+///
+/// ```
+/// use securememory::{system, Backing, ProtectedMemorySecretFactory};
+///
+/// // Secret memory where this machine has it, anonymous memory elsewhere, and no surprise.
+/// let backing = match system::check_secret_memory() {
+///     Ok(()) => Backing::SecretMem,
+///     Err(_) => Backing::Anonymous,
+/// };
+/// let factory = ProtectedMemorySecretFactory::builder().backing(backing).build();
+/// let secret = factory.create_random(32)?;
+/// assert_eq!(secret.protection().backing, backing);
+/// assert_eq!(secret.protection().kernel_invisible, backing == Backing::SecretMem);
+/// # Ok::<(), securememory::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Backing {
@@ -108,6 +123,21 @@ impl Strategy {
 }
 
 /// What to do when memory cannot be locked in RAM.
+///
+/// ```
+/// use securememory::{MlockPolicy, ProtectedMemorySecretFactory, Report};
+///
+/// // A tool that would rather run unlocked than not run; each secret says what it got.
+/// let factory = ProtectedMemorySecretFactory::builder()
+///     .mlock(MlockPolicy::BestEffort)
+///     .report(Report::Log)
+///     .build();
+/// let secret = factory.create_random(32)?;
+/// if !secret.protection().locked {
+///     eprintln!("this secret may be swapped to disk");
+/// }
+/// # Ok::<(), securememory::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum MlockPolicy {
@@ -129,6 +159,20 @@ pub enum MlockPolicy {
 /// For a [`Strategy::Sealed`] secret, the fields describe the memory its plaintext and key live
 /// in (the key page and the threads' scratch areas), not its ciphertext, which is ordinary heap
 /// memory; `canary` is `false` (authentication covers the ciphertext instead).
+///
+/// ```
+/// use securememory::{Backing, Secret, Strategy};
+///
+/// let key = Secret::random(32)?;
+/// let got = key.protection();
+/// assert_ne!(got.backing, Backing::Auto, "the backing obtained, never `Auto`");
+/// assert_ne!(got.strategy, Strategy::Auto, "the strategy obtained, never `Auto`");
+/// if !got.kernel_invisible {
+///     eprintln!("root can read this key through /proc/PID/mem");
+/// }
+/// println!("{got:?}");
+/// # Ok::<(), securememory::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Protection {

@@ -9,6 +9,18 @@ use std::panic::Location;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One live secret, as [`live_secrets`] and [`Purged`] describe it: never its bytes.
+///
+/// ```
+/// use securememory::Secret;
+///
+/// let key = Secret::random(32)?;
+/// for info in securememory::live_secrets() {
+///     // "32 bytes made at src/keys.rs:4:11", then what it got.
+///     println!("{info} ({:?}, {:?})", info.protection.strategy, info.protection.backing);
+/// }
+/// # drop(key);
+/// # Ok::<(), securememory::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SecretInfo {
@@ -16,8 +28,9 @@ pub struct SecretInfo {
     pub len: usize,
     /// What protections it got.
     pub protection: Protection,
-    /// Where it was made: the caller of [`SecretFactory::new`](crate::SecretFactory::new) or
-    /// [`create_random`](crate::SecretFactory::create_random).
+    /// Where it was made: the code that called its constructor
+    /// ([`Secret::new`](crate::Secret::new),
+    /// [`SecretFactory::create_random`](crate::SecretFactory::create_random), ...).
     pub created_at: &'static Location<'static>,
 }
 
@@ -59,6 +72,20 @@ pub fn live_secrets() -> Vec<SecretInfo> {
 }
 
 /// What [`purge`] did.
+///
+/// ```
+/// use securememory::Secret;
+///
+/// let key = Secret::random(32)?;
+/// // From inside an access, the secret being read is left open: waiting would never end.
+/// let purged = key.with_bytes(|_| securememory::purge())?;
+/// assert!(!purged.is_complete());
+/// assert_eq!(purged.held_by_caller.len(), 1);
+/// // Once the access has ended, another purge closes it.
+/// assert!(securememory::purge().is_complete());
+/// assert!(key.is_closed());
+/// # Ok::<(), securememory::Error>(())
+/// ```
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct Purged {
@@ -77,6 +104,13 @@ pub struct Purged {
 
 impl Purged {
     /// Whether every live secret is now closed and wiped.
+    ///
+    /// ```
+    /// let purged = securememory::purge();
+    /// if !purged.is_complete() {
+    ///     eprintln!("left open: {:?}; failed: {:?}", purged.held_by_caller, purged.failed);
+    /// }
+    /// ```
     pub fn is_complete(&self) -> bool {
         self.held_by_caller.is_empty() && self.failed.is_empty()
     }
@@ -130,6 +164,17 @@ pub fn purge() -> Purged {
 /// The purge runs on the panicking thread: it waits for accesses other threads have in
 /// flight, and a secret that thread was reading or writing when it panicked is left open
 /// (its access ends while the panic unwinds).
+///
+/// ```
+/// use securememory::Secret;
+///
+/// securememory::purge_on_panic();
+/// let key = Secret::random(32)?;
+/// // A panic on any thread wipes every secret of the process, then goes on as before.
+/// let _ = std::thread::spawn(|| panic!("a fatal bug")).join();
+/// assert!(key.is_closed());
+/// # Ok::<(), securememory::Error>(())
+/// ```
 pub fn purge_on_panic() {
     static INSTALLED: AtomicBool = AtomicBool::new(false);
     if INSTALLED.swap(true, Ordering::AcqRel) {
@@ -192,6 +237,13 @@ mod termination {
     /// # Errors
     /// [`Error::Os`] when the pipe, the thread or the handler cannot be made; the earlier
     /// dispositions then stay.
+    ///
+    /// ```
+    /// // Early in `main`: from now on SIGINT and SIGTERM wipe every secret, then end the
+    /// // process as they would have.
+    /// securememory::purge_on_termination()?;
+    /// # Ok::<(), securememory::Error>(())
+    /// ```
     pub fn purge_on_termination() -> Result<(), Error> {
         let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
         if *installed {

@@ -15,6 +15,25 @@ use std::sync::Arc;
 
 /// A promise a secret went without because the machine could not give it and the policy let it
 /// go.
+///
+/// ```
+/// use securememory::{Lost, MlockPolicy, ProtectedMemorySecretFactory, Report};
+///
+/// let factory = ProtectedMemorySecretFactory::builder()
+///     .mlock(MlockPolicy::BestEffort)
+///     .report(Report::Silent)
+///     .on_degraded(|degradation| {
+///         for lost in &degradation.lost {
+///             match lost {
+///                 Lost::Locked => eprintln!("a secret may be swapped to disk"),
+///                 Lost::KernelInvisible => eprintln!("a secret is readable by root"),
+///                 other => eprintln!("a secret went without {other:?}"),
+///             }
+///         }
+///     })
+///     .build();
+/// # let _ = factory;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Lost {
@@ -34,6 +53,25 @@ pub enum Lost {
 /// [`FactoryBuilder::on_degraded`](crate::FactoryBuilder::on_degraded) for every such secret,
 /// and written (once per factory) to `log` and stderr as `Report` says. Its `Display` is the
 /// line that is written.
+///
+/// ```
+/// use securememory::{Degradation, MlockPolicy, ProtectedMemorySecretFactory, Report};
+///
+/// fn alert(degradation: &Degradation) {
+///     // The reason, then the remedy: the line the report would write.
+///     eprintln!("secret degraded: {degradation}");
+///     eprintln!("  lost      {:?}", degradation.lost);
+///     eprintln!("  asked for {:?}", degradation.requested);
+///     eprintln!("  got       {:?}", degradation.obtained);
+/// }
+///
+/// let factory = ProtectedMemorySecretFactory::builder()
+///     .mlock(MlockPolicy::BestEffort)
+///     .report(Report::Silent)
+///     .on_degraded(alert)
+///     .build();
+/// # let _ = factory;
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Degradation {

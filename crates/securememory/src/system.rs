@@ -1,6 +1,16 @@
 //! What this machine offers secrets, as the library itself sees it: for diagnostics
 //! (`securemem doctor` asks here), capacity planning and tests. Each answer is the one the
 //! factories act on.
+//!
+//! ```
+//! use securememory::{system, Backing};
+//!
+//! println!("page size        {} bytes", system::page_size());
+//! println!("RLIMIT_MEMLOCK   {:?}", system::memlock_limit());
+//! println!("secret memory    {:?}", system::check_secret_memory().map_err(|e| e.to_string()));
+//! println!("protection keys  {:?}", system::check_protection_keys().map_err(|e| e.to_string()));
+//! println!("Strategy::Auto   {:?}", system::auto_strategy(Backing::Auto));
+//! ```
 
 use crate::error::Error;
 use crate::policy::{Backing, Strategy};
@@ -44,6 +54,16 @@ pub fn check_secret_memory() -> Result<(), Error> {
 /// The soft limit on locked memory (`RLIMIT_MEMLOCK`) in bytes: `None` when unlimited or where
 /// the OS has no such limit (Windows bounds locked pages by the working set instead). A process
 /// with `CAP_IPC_LOCK` is not bound by it.
+///
+/// ```
+/// use securememory::system;
+///
+/// match system::memlock_limit() {
+///     // A secret under page protection or a protection key takes at least one locked page.
+///     Some(bytes) => println!("room for {} such secrets", bytes / system::page_size() as u64),
+///     None => println!("no locked-memory limit"),
+/// }
+/// ```
 pub fn memlock_limit() -> Option<u64> {
     sys::memlock_limit()
 }
@@ -54,6 +74,13 @@ pub fn memlock_limit() -> Option<u64> {
 ///
 /// # Errors
 /// [`Error::StrategyUnavailable`] with what is missing.
+///
+/// ```
+/// match securememory::system::check_protection_keys() {
+///     Ok(()) => println!("Strategy::ProtectionKey can be had here"),
+///     Err(missing) => println!("no protection keys: {missing}"),
+/// }
+/// ```
 pub fn check_protection_keys() -> Result<(), Error> {
     sys::protection_key()
         .map(drop)

@@ -139,6 +139,14 @@ impl Drop for Tally {
 /// The same numbers the `metrics` facade receives (`secret.allocated`, `secret.inuse`,
 /// `secret.locked.bytes`), summed over every strategy and backing, for programs that install no
 /// recorder.
+///
+/// ```
+/// let stats = securememory::stats();
+/// assert!(stats.in_use <= stats.allocated);
+/// if let (Some(limit), Some(headroom)) = (stats.memlock_limit, stats.memlock_headroom) {
+///     println!("{headroom} of {limit} bytes of locked memory are left to secrets");
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

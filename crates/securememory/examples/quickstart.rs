@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release --example quickstart`
 
-use securememory::{Error, ProtectedMemorySecretFactory, SecretFactory};
+use securememory::{Error, ProtectedMemorySecretFactory};
 use std::sync::Arc;
 
 fn main() -> Result<(), Error> {

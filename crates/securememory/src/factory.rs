@@ -87,6 +87,11 @@ impl Default for ProtectedMemorySecretFactory {
     }
 }
 
+// The factory's only state that unwinding could catch half-changed is its report's "written
+// once" flag, an atomic; a panic in the degradation callback leaves it as set or not set.
+impl std::panic::UnwindSafe for ProtectedMemorySecretFactory {}
+impl std::panic::RefUnwindSafe for ProtectedMemorySecretFactory {}
+
 /// The reporting of factories made with the default choices.
 fn default_reporting() -> &'static Arc<Reporting> {
     static DEFAULT: OnceLock<Arc<Reporting>> = OnceLock::new();
@@ -406,7 +411,6 @@ impl ProtectedMemorySecretFactory {
         let tally = Tally::made(&protection, 0, started);
         Ok(Secret::from_store(
             Store::Sealed(sealed),
-            protection,
             self.reporting().clone(),
             tally,
             created_at,
@@ -435,7 +439,6 @@ impl ProtectedMemorySecretFactory {
         let tally = Tally::made(&protection, region.locked_len(), started);
         Ok(Secret::from_store(
             Store::Mapped(Box::new(region)),
-            protection,
             self.reporting().clone(),
             tally,
             created_at,

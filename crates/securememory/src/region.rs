@@ -76,6 +76,8 @@ pub(crate) struct Region {
     /// Where the current epoch is read from (`sys::epoch_word`).
     epoch_word: &'static AtomicU64,
     released: AtomicBool,
+    /// What the region got (set once its pages are committed).
+    protection: Protection,
 }
 
 // SAFETY: a region is a plain owned mapping; every touch of its bytes goes through the access
@@ -168,9 +170,22 @@ impl Region {
             epoch,
             epoch_word,
             released: AtomicBool::new(false),
+            protection: Protection {
+                strategy: Strategy::PageProtection,
+                backing: memory.backing(),
+                locked: false,
+                dump_excluded: false,
+                fork_protected: false,
+                guard_pages: false,
+                canary: false,
+                kernel_invisible: false,
+            },
         };
         match region.commit(mlock) {
-            Ok(obtained) => Ok((region, obtained)),
+            Ok(obtained) => {
+                region.protection = obtained;
+                Ok((region, obtained))
+            }
             Err(error) => {
                 region.unmap_unfilled();
                 Err(error)
@@ -336,6 +351,11 @@ impl Region {
             Some(_) => self.conceal_when_idle(),
             None => self.set_protection(PageProtection::ReadOnly),
         }
+    }
+
+    /// What the region got.
+    pub(crate) fn protection(&self) -> Protection {
+        self.protection
     }
 
     /// Where the data pages come from.

@@ -16,11 +16,12 @@
 //!   panics included, and holds zeros the rest of the time. Areas up to [`KEPT_SCRATCH_PAGES`]
 //!   are kept for the thread's next access and freed when it exits; a larger secret gets one of
 //!   its own for the duration of the access.
-//! - **The ciphertext** ([`Sealed`]): one heap allocation per secret, `[nonce][tag][ciphertext]`,
+//! - **The ciphertext** ([`Sealed`]): one heap allocation per secret, `[counter][tag][ciphertext]`,
 //!   wiped and freed on close. No mapping, no locked memory, no system call to make or free it.
 //!
 //! Nonces are 96 bits: a process-wide 64-bit counter (one per key, which is per process epoch)
-//! followed by zeros, so a nonce is never used twice under one key. Every seal takes a fresh one:
+//! followed by zeros, so a nonce is never used twice under one key; a secret stores only the
+//! counter. Every seal takes a fresh one:
 //! creation, and each `with_bytes_mut`. The associated data is the ciphertext's address, so
 //! ciphertexts moved between secrets fail authentication as tampered ones do: with
 //! [`Error::Corrupted`], never with garbage.
@@ -44,16 +45,24 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
+/// What is stored of a nonce: its counter (the rest is zeros).
+const COUNTER_LEN: usize = 8;
 const TAG_LEN: usize = 16;
 /// Where the ciphertext starts in a sealed secret's allocation.
-const HEADER_LEN: usize = NONCE_LEN + TAG_LEN;
+const HEADER_LEN: usize = COUNTER_LEN + TAG_LEN;
 
 /// The longest plaintext AES-GCM takes under one nonce (2^36 - 32 bytes).
 const MAX_LEN: u64 = (1 << 36) - 32;
 
-/// How much stack below the caller a seal or an open wipes: the cipher's frames use under 1 KiB
-/// here (`tests::the_cipher_leaves_no_key_stream_on_the_stack` checks it).
-pub(crate) const SCRUBBED_STACK: usize = 2048;
+/// How much stack below the caller a seal or an open wipes. Optimised, the cipher's frames use
+/// about 800 bytes; unoptimised (its generic code is built with the calling crate's profile),
+/// about 11 KiB. `tests::the_cipher_stays_within_the_scrubbed_stack` checks the build it runs
+/// in, and `tests::the_cipher_leaves_no_key_stream_on_the_stack` what an access leaves.
+pub(crate) const SCRUBBED_STACK: usize = if cfg!(debug_assertions) {
+    32 * 1024
+} else {
+    1536
+};
 
 /// Scratch areas up to this many pages are kept per thread and depth; a larger secret gets an
 /// area of its own for each access, so that one large secret does not pin locked memory in every
@@ -189,13 +198,11 @@ impl Keeper {
         result
     }
 
-    /// A nonce never used before under this keeper's key.
-    fn next_nonce(&self) -> [u8; NONCE_LEN] {
+    /// The counter of a nonce never used before under this keeper's key.
+    fn next_nonce(&self) -> [u8; COUNTER_LEN] {
         let count = self.nonces.fetch_add(1, Ordering::Relaxed);
         assert!(count < u64::MAX, "the nonces of a sealing key ran out");
-        let mut nonce = [0; NONCE_LEN];
-        nonce[..8].copy_from_slice(&count.to_le_bytes());
-        nonce
+        count.to_le_bytes()
     }
 
     /// What the keeper's page got (locked, dump- and fork-excluded, secret memory), as the
@@ -216,7 +223,7 @@ impl Keeper {
 
 /// One sealed secret: its ciphertext and the keeper that sealed it.
 pub(crate) struct Sealed {
-    /// `[nonce][tag][ciphertext]`, `HEADER_LEN + len` bytes from the global allocator.
+    /// `[nonce counter][tag][ciphertext]`, `HEADER_LEN + len` bytes from the global allocator.
     sealed: NonNull<u8>,
     len: usize,
     keeper: &'static Keeper,
@@ -228,6 +235,13 @@ pub(crate) struct Sealed {
 unsafe impl Send for Sealed {}
 // SAFETY: as above.
 unsafe impl Sync for Sealed {}
+
+/// The nonce whose stored counter is `counter`: the counter, then zeros.
+fn nonce(counter: &[u8]) -> [u8; NONCE_LEN] {
+    let mut nonce = [0; NONCE_LEN];
+    nonce[..COUNTER_LEN].copy_from_slice(counter);
+    nonce
+}
 
 fn ciphertext_layout(len: usize) -> Option<Layout> {
     Layout::from_size_align(HEADER_LEN.checked_add(len)?, 8).ok()
@@ -289,7 +303,8 @@ impl Sealed {
         // SAFETY: the allocation holds HEADER_LEN + len bytes; the caller's access excludes
         // writers, so nothing writes them meanwhile.
         let stored = unsafe { std::slice::from_raw_parts(self.sealed.as_ptr(), HEADER_LEN) };
-        let (nonce, tag) = stored.split_at(NONCE_LEN);
+        let (counter, tag) = stored.split_at(COUNTER_LEN);
+        let nonce = nonce(counter);
         let buffer = plaintext.bytes_mut();
         // SAFETY: as above.
         buffer.copy_from_slice(unsafe {
@@ -299,7 +314,7 @@ impl Sealed {
         let authentic = self.keeper.with_cipher(outermost, |cipher| {
             cipher
                 .decrypt_in_place_detached(
-                    Nonce::from_slice(nonce),
+                    Nonce::from_slice(&nonce),
                     &aad,
                     buffer,
                     Tag::from_slice(tag),
@@ -316,7 +331,8 @@ impl Sealed {
     /// Seals the (changed) plaintext again under a fresh nonce, in place of the old ciphertext.
     /// The caller holds the exclusive write access (or the secret is not shared yet).
     pub(crate) fn reseal(&self, plaintext: &mut Plaintext, outermost: bool) -> Result<(), Error> {
-        let nonce = self.keeper.next_nonce();
+        let counter = self.keeper.next_nonce();
+        let nonce = nonce(&counter);
         let aad = self.aad();
         let buffer = plaintext.bytes_mut();
         let tag = self
@@ -329,8 +345,8 @@ impl Sealed {
         // access means no one reads them meanwhile.
         let stored =
             unsafe { std::slice::from_raw_parts_mut(self.sealed.as_ptr(), HEADER_LEN + self.len) };
-        stored[..NONCE_LEN].copy_from_slice(&nonce);
-        stored[NONCE_LEN..HEADER_LEN].copy_from_slice(&tag);
+        stored[..COUNTER_LEN].copy_from_slice(&counter);
+        stored[COUNTER_LEN..HEADER_LEN].copy_from_slice(&tag);
         stored[HEADER_LEN..].copy_from_slice(buffer);
         Ok(())
     }
@@ -340,6 +356,11 @@ impl Sealed {
     #[cfg(test)]
     pub(crate) fn stored(&self) -> *mut [u8] {
         ptr::slice_from_raw_parts_mut(self.sealed.as_ptr(), HEADER_LEN + self.len)
+    }
+
+    /// What the secret got: the protection of its key page and scratch memory.
+    pub(crate) fn protection(&self) -> Protection {
+        self.keeper.protection()
     }
 
     /// Whether this process is a fork of the one that sealed the secret.

@@ -83,7 +83,6 @@ pub struct Secret {
 pub(crate) struct Shared {
     access: Access,
     store: Store,
-    protection: Protection,
     /// The making factory's choices of where reports go and what a corrupted canary does.
     reporting: Arc<Reporting>,
     /// The secret's share of the process's numbers, given back when the store is torn down.
@@ -116,6 +115,14 @@ impl Store {
         match self {
             Store::Mapped(region) => region.in_forked_child(),
             Store::Sealed(sealed) => sealed.in_forked_child(),
+        }
+    }
+
+    /// What the secret got.
+    fn protection(&self) -> Protection {
+        match self {
+            Store::Mapped(region) => region.protection(),
+            Store::Sealed(sealed) => sealed.protection(),
         }
     }
 
@@ -282,7 +289,6 @@ pub(crate) fn no_window_open() -> bool {
 impl Secret {
     pub(crate) fn from_store(
         store: Store,
-        protection: Protection,
         reporting: Arc<Reporting>,
         tally: Tally,
         created_at: &'static Location<'static>,
@@ -290,7 +296,6 @@ impl Secret {
         let shared = Arc::new(Shared {
             access: Access::new(),
             store,
-            protection,
             reporting,
             tally,
             created_at,
@@ -631,7 +636,7 @@ impl Secret {
 
     /// What protections this secret actually got on this machine.
     pub fn protection(&self) -> Protection {
-        self.shared.protection
+        self.shared.store.protection()
     }
 
     /// Closes the secret: refuses new accesses at once, waits for accesses in flight, then
@@ -738,7 +743,7 @@ impl Shared {
 
     /// What protections the secret got.
     pub(crate) fn protection(&self) -> Protection {
-        self.protection
+        self.store.protection()
     }
 
     /// Where the secret was made.

@@ -322,6 +322,89 @@ fn secrets_and_factories_are_send_and_sync() {
     let _: &dyn SecretFactory = &common::default_factory();
 }
 
+/// A secret (and a reference to one) can cross `catch_unwind` without `AssertUnwindSafe`, and
+/// stays usable after a callback panicked.
+#[test]
+fn secrets_and_factories_are_unwind_safe() {
+    fn assert_unwind_safe<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}
+    assert_unwind_safe::<Secret>();
+    assert_unwind_safe::<&Secret>();
+    assert_unwind_safe::<ProtectedMemorySecretFactory>();
+    for setup in common::SETUPS {
+        let secret = common::factory(setup).new(&mut [1, 2, 3]).unwrap();
+        let panicked = std::panic::catch_unwind(|| secret.with_bytes(|_| panic!("in a callback")));
+        assert!(panicked.is_err());
+        assert_eq!(secret.with_bytes(|b| b.to_vec()).unwrap(), [1, 2, 3]);
+    }
+}
+
+/// Typed, fallible and constant-time access keep the access rules of `with_bytes`.
+#[test]
+fn typed_fallible_and_constant_time_access_work_for_every_setup() {
+    #[derive(Debug)]
+    enum AppError {
+        Secret(Error),
+        Refused,
+    }
+    impl From<Error> for AppError {
+        fn from(error: Error) -> Self {
+            AppError::Secret(error)
+        }
+    }
+    for setup in common::SETUPS {
+        let factory = common::factory(setup);
+        let key = factory.new(&mut [7u8; 32]).unwrap();
+        assert_eq!(key.with_array(|k: &[u8; 32]| k[31]).unwrap(), 7);
+        let mut ran = false;
+        assert!(matches!(
+            key.with_array(|_: &[u8; 16]| ran = true),
+            Err(Error::InvalidLength)
+        ));
+        assert!(!ran, "{setup:?}: a callback of the wrong length ran");
+        key.with_array_mut(|k: &mut [u8; 32]| k[0] = 9).unwrap();
+        assert!(matches!(
+            key.with_array_mut(|_: &mut [u8; 31]| ()),
+            Err(Error::InvalidLength)
+        ));
+
+        let sum: Result<u32, AppError> =
+            key.try_with_bytes(|b| Ok(b.iter().map(|&x| u32::from(x)).sum()));
+        assert_eq!(sum.unwrap(), 9 + 31 * 7);
+        let refused: Result<(), AppError> = key.try_with_bytes(|_| Err(AppError::Refused));
+        assert!(matches!(refused, Err(AppError::Refused)));
+        let written: Result<(), AppError> = key.try_with_bytes_mut(|b| {
+            b[1] = 8;
+            Err(AppError::Refused)
+        });
+        assert!(matches!(written, Err(AppError::Refused)));
+        assert_eq!(
+            key.with_bytes(|b| b[1]).unwrap(),
+            8,
+            "{setup:?}: a fallible write keeps what it wrote"
+        );
+
+        let mut expected = [7u8; 32];
+        expected[..2].copy_from_slice(&[9, 8]);
+        assert!(key.constant_time_eq(&expected).unwrap());
+        assert!(!key.constant_time_eq(&[7; 32]).unwrap());
+        assert!(!key.constant_time_eq(&expected[..31]).unwrap());
+        let copy = factory.duplicate(&key).unwrap();
+        assert!(key.constant_time_eq_secret(&copy).unwrap());
+        assert!(key.constant_time_eq_secret(&key).unwrap(), "itself, nested");
+        copy.with_bytes_mut(|b| b[5] ^= 1).unwrap();
+        assert!(!key.constant_time_eq_secret(&copy).unwrap());
+
+        key.close().unwrap();
+        let closed: Result<(), AppError> = key.try_with_bytes(|_| Ok(()));
+        assert!(matches!(closed, Err(AppError::Secret(Error::Closed))));
+        assert!(matches!(
+            key.constant_time_eq(&expected),
+            Err(Error::Closed)
+        ));
+        assert!(matches!(factory.duplicate(&key), Err(Error::Closed)));
+    }
+}
+
 #[test]
 fn protection_reports_what_the_secret_got() {
     let secret = common::factory(Backing::Anonymous)

@@ -3,7 +3,7 @@
 
 mod common;
 
-use securememory::{Backing, Error, ProtectedMemorySecretFactory, Secret, SecretFactory};
+use securememory::{Backing, Error, ProtectedMemorySecretFactory, Secret};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;

@@ -12,7 +12,7 @@
 
 mod common;
 
-use securememory::{Backing, Error, Secret, SecretFactory};
+use securememory::{Backing, Error, Secret};
 use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};

@@ -9,7 +9,7 @@ mod common;
 use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName};
 use metrics::{Metadata, Recorder, SharedString, Unit};
 use securememory::{
-    system, Backing, Error, MlockPolicy, Protection, Report, Secret, SecretFactory, Stats, Strategy,
+    system, Backing, Error, MlockPolicy, Protection, Report, Secret, Stats, Strategy,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

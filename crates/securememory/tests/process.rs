@@ -5,7 +5,7 @@
 mod common;
 
 use securememory::{
-    Backing, Degradation, Error, Lost, MlockPolicy, OnCorruption, Report, SecretFactory, Strategy,
+    Backing, Degradation, Error, Lost, MlockPolicy, OnCorruption, Report, Strategy,
 };
 use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@
 
 mod common;
 
-use securememory::{Backing, ProtectedMemorySecretFactory, Secret, SecretFactory, Strategy};
+use securememory::{Backing, ProtectedMemorySecretFactory, Secret, Strategy};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::mpsc;

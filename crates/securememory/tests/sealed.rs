@@ -4,7 +4,7 @@
 
 mod common;
 
-use securememory::{Backing, MlockPolicy, Secret, SecretFactory, Strategy};
+use securememory::{Backing, MlockPolicy, Secret, Strategy};
 
 fn maps_lines() -> usize {
     std::fs::read_to_string("/proc/self/maps")
@@ -103,4 +103,28 @@ fn sealed_secrets_go_on_where_mapped_ones_hit_the_locked_memory_limit() {
         .iter()
         .all(|s| s.with_bytes(|b| b.len()).unwrap() == 32));
     drop(warm);
+}
+
+/// A secret larger than the scratch areas a thread keeps (four pages) gets an area of its own
+/// for each access, unmapped when the access ends: one large secret does not pin locked memory
+/// in every thread that read it. In a child process of one thread, so that no other test maps
+/// something at the freed address.
+#[test]
+fn a_large_sealed_secret_gets_an_area_of_its_own_for_each_access() {
+    common::in_child_process!();
+    let page = securememory::system::page_size();
+    let len = 4 * page + 1;
+    let factory = common::builder().strategy(Strategy::Sealed).build();
+    let secret = factory.create_random(len).unwrap();
+    let sum = |b: &[u8]| b.iter().map(|&x| u64::from(x)).sum::<u64>();
+    let (first, first_sum) = secret
+        .with_bytes(|b| (b.as_ptr() as usize, sum(b)))
+        .unwrap();
+    assert!(!common::is_mapped(first), "the area outlived the access");
+    let (second, second_sum) = secret
+        .with_bytes(|b| (b.as_ptr() as usize, sum(b)))
+        .unwrap();
+    assert!(!common::is_mapped(second), "the area outlived the access");
+    assert_eq!(first_sum, second_sum);
+    assert_eq!((first + len) % page, 0, "not against the trailing guard");
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The version of the JSON report's layout (`"schema"`), raised whenever a field changes
 /// meaning or goes away.
-pub const SCHEMA: u32 = 2;
+pub const SCHEMA: u32 = 3;
 
 /// Exit code: every required promise holds.
 pub const EXIT_OK: u8 = 0;
@@ -48,7 +48,8 @@ pub enum Status {
     /// exit code unless the promise is named with `--require`.
     Skip,
     /// Not a promise of the strategy the secrets got in this configuration (page protection
-    /// opens a secret to every thread during an access): the evidence says why that strategy.
+    /// opens a secret to every thread during an access; only sealed secrets are ciphertext at
+    /// rest): the evidence says why that strategy.
     /// It never fails the exit code unless the promise is named with `--require`.
     #[serde(rename = "N/A")]
     NotApplicable,
@@ -121,7 +122,7 @@ impl ProbeResult {
 /// One row of the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct PromiseRow {
-    /// `P1` ... `P8`.
+    /// `P1` ... `P9`.
     pub id: &'static str,
     /// The promise in words.
     pub promise: &'static str,
@@ -278,7 +279,7 @@ pub struct Report {
 pub struct AutoStrategy {
     /// The backing it was asked for (the policy's).
     pub backing: BackingArg,
-    /// `page-protection` or `protection-key`.
+    /// `page-protection` or `protection-key` (never `sealed`, which is only had by asking).
     pub strategy: &'static str,
     /// Why, in the library's words (`securememory::system::auto_strategy`).
     pub reason: String,
@@ -301,15 +302,18 @@ impl AutoStrategy {
 pub struct Got {
     /// `secretmem` or `anonymous`.
     pub backing: String,
-    /// `page-protection` or `protection-key`.
+    /// `page-protection`, `protection-key` or `sealed`.
     pub strategy: String,
 }
 
 /// The id of the promise that only a per-thread window keeps.
 pub const PER_THREAD: &str = "P8";
 
+/// The id of the promise that only sealed secrets keep.
+pub const SEALED_AT_REST: &str = "P9";
+
 /// The promises, in report order.
-pub const PROMISES: [(&str, &str); 8] = [
+pub const PROMISES: [(&str, &str); 9] = [
     ("P1", "never swapped to disk (locked in RAM)"),
     ("P2", "never in a core dump, gcore included"),
     ("P3", "unreadable while idle"),
@@ -321,9 +325,13 @@ pub const PROMISES: [(&str, &str); 8] = [
         PER_THREAD,
         "another thread's read of a secret during an access faults",
     ),
+    (
+        SEALED_AT_REST,
+        "sealed at rest: only ciphertext while idle, its key out of reach",
+    ),
 ];
 
-/// The promise id as written in the report (`P1` ... `P8`), from user input (`p1` too).
+/// The promise id as written in the report (`P1` ... `P9`), from user input (`p1` too).
 ///
 /// # Errors
 /// A message naming the valid ids.
@@ -333,7 +341,7 @@ pub fn promise_id(text: &str) -> Result<&'static str, String> {
         .iter()
         .map(|&(id, _)| id)
         .find(|id| id.eq_ignore_ascii_case(wanted))
-        .ok_or_else(|| format!("unknown promise {wanted:?}: the promises are P1 to P8"))
+        .ok_or_else(|| format!("unknown promise {wanted:?}: the promises are P1 to P9"))
 }
 
 /// A probe: it attacks a holder started with the options given.
@@ -401,12 +409,7 @@ pub fn probes() -> Vec<ProbeSpec> {
             None,
             probe::fault::touch_idle,
         ),
-        spec(
-            "P4",
-            "close under trace, then scan",
-            None,
-            probe::wipe::close_wipes,
-        ),
+        spec("P4", "close, then scan", None, probe::wipe::close_wipes),
         spec("P5", "fork and read in the child", None, probe::fault::fork),
         spec("P6", "read from outside, idle", None, |o| {
             probe::kernel_read::kernel_read(o, false)
@@ -437,6 +440,18 @@ pub fn probes() -> Vec<ProbeSpec> {
             "another thread reads during an access",
             None,
             probe::fault::read_from_another_thread,
+        ),
+        spec(
+            SEALED_AT_REST,
+            "read from outside, find the sealed bytes and the key's page, change a byte",
+            None,
+            probe::sealed::at_rest,
+        ),
+        spec(
+            SEALED_AT_REST,
+            "search memory and registers for copies of the key and the key stream",
+            None,
+            probe::sealed::key_copies,
         ),
     ]
 }
@@ -547,7 +562,12 @@ fn refusal_remedy(refusal: &Refusal, c: &Context) -> String {
                  takes at least one page, {} bytes) or grant it CAP_IPC_LOCK",
                 c.machine.page_size
             );
-            if c.policy.mlock == MlockArg::Required && c.policy.backing != BackingArg::Secretmem {
+            // Secret memory is charged to the limit whatever the policy, and sealed secrets lock
+            // their key and scratch area whatever it says.
+            if c.policy.mlock == MlockArg::Required
+                && c.policy.backing != BackingArg::Secretmem
+                && c.policy.strategy != StrategyArg::Sealed
+            {
                 remedy.push_str(", or accept unlocked secrets with MlockPolicy::BestEffort");
             }
             remedy
@@ -589,14 +609,11 @@ pub fn judge(
         .iter()
         .find_map(|p| p.finding.as_ref()?.ready.as_ref());
     let got_strategy = got.map(|r| r.strategy.as_str());
-    // The per-thread promise is one of protection keys only: under another strategy its probe
-    // shows what that strategy does, and the row says why the secrets got it.
-    let not_a_promise = match got {
-        Some(r) if id == PER_THREAD && r.strategy != strategy_name(Strategy::ProtectionKey) => {
-            Some(not_a_promise_here(r, c))
-        }
-        _ => None,
-    };
+    let sealed = got.is_some_and(Ready::sealed);
+    // The per-thread promise is one of protection keys only, the sealed one of sealed secrets
+    // only: under another strategy the probe shows what that strategy does, and the row says why
+    // the secrets got it.
+    let not_a_promise = got.and_then(|r| not_a_promise_here(id, r, c));
     for p in &probes {
         match (&p.finding, &p.error) {
             (Some(f), _) => {
@@ -684,6 +701,24 @@ pub fn judge(
     // A probe that finds a promise broken is a FAIL, unless the mechanism behind the promise is
     // one this configuration does not have, in which case the promise is unavailable here.
     let excuse = match id {
+        "P6" | SEALED_AT_REST if anonymous && sealed => Some(match &m.memfd_secret {
+            Ok(()) if requested == BackingArg::Anonymous => "the sealing key's page and the \
+                scratch area are in anonymous memory (Backing::Anonymous was chosen): root reads \
+                the key through /proc/PID/mem and process_vm_readv, which protection keys do not \
+                stop, and with it opens the sealed bytes; and the plaintext during an access"
+                .to_string(),
+            Ok(()) => "memfd_secret works, but secret memory is charged to RLIMIT_MEMLOCK and \
+                the limit is reached, so the sealing key and the scratch area are in anonymous \
+                memory, where root reads the key (and with it opens the sealed bytes) and the \
+                plaintext during an access"
+                .to_string(),
+            Err(e) => format!(
+                "memfd_secret is unavailable ({e}), so the sealing key and the scratch area are \
+                 in anonymous memory, where root reads the key through /proc/PID/mem and \
+                 process_vm_readv (and with it opens the sealed bytes) and the plaintext during \
+                 an access"
+            ),
+        }),
         "P6" if anonymous => Some(match &m.memfd_secret {
             Ok(()) if requested == BackingArg::Anonymous => format!(
                 "the secret is in anonymous memory (Backing::Anonymous was chosen): root reads \
@@ -791,14 +826,57 @@ struct NotAPromise {
     remedy: String,
 }
 
+/// Why promise `id` is not one of the strategy the secrets got (what `ready` says), if it is not:
+/// the per-thread promise outside protection keys, the sealed one outside sealed secrets.
+fn not_a_promise_here(id: &str, ready: &Ready, c: &Context) -> Option<NotAPromise> {
+    match id {
+        PER_THREAD if ready.strategy != strategy_name(Strategy::ProtectionKey) => {
+            Some(not_per_thread(ready, c))
+        }
+        SEALED_AT_REST if !ready.sealed() => Some(not_sealed(ready, c)),
+        _ => None,
+    }
+}
+
+/// Why `Strategy::Auto` gave the secrets what `ready` says.
+fn auto_chose(ready: &Ready, c: &Context) -> String {
+    let why = if c.auto.strategy == ready.strategy {
+        c.auto.reason.clone()
+    } else {
+        format!(
+            "{} put the secrets in {} memory (see P6), where a protection key would leave them \
+             readable to other processes",
+            c.auto.backing.rust_name(),
+            ready.backing
+        )
+    };
+    format!("Strategy::Auto chose it: {why}")
+}
+
+/// The strategy chosen on the command line, in words.
+fn chosen(strategy: StrategyArg) -> String {
+    format!(
+        "{} was chosen (--strategy {})",
+        strategy.rust_name(),
+        strategy.name()
+    )
+}
+
 /// The per-thread promise for secrets that got what `ready` says (not protection keys).
-fn not_a_promise_here(ready: &Ready, c: &Context) -> NotAPromise {
+fn not_per_thread(ready: &Ready, c: &Context) -> NotAPromise {
     let key = strategy_name(Strategy::ProtectionKey);
     let got = strategy_rust_name(&ready.strategy);
-    let what = format!(
-        "not a promise of {got}, which opens a secret to every thread of the process while any \
-         access to it runs"
-    );
+    let what = if ready.sealed() {
+        format!(
+            "not a promise of {got}, which decrypts a secret into the calling thread's scratch \
+             area, memory every thread of the process can read while the access runs"
+        )
+    } else {
+        format!(
+            "not a promise of {got}, which opens a secret to every thread of the process while \
+             any access to it runs"
+        )
+    };
     let per_thread = "none needed for these secrets; for another thread's read to fault during \
                       an access";
     match (c.policy.strategy, &c.machine.protection_keys) {
@@ -813,42 +891,52 @@ fn not_a_promise_here(ready: &Ready, c: &Context) -> NotAPromise {
                  /proc/cpuinfo) under Linux 4.9 or later"
             ),
         },
-        (StrategyArg::Auto, Ok(())) => {
-            let why = if c.auto.strategy == ready.strategy {
-                c.auto.reason.clone()
-            } else {
-                format!(
-                    "{} put the secrets in {} memory (see P6), where a protection key would \
-                     leave them readable to other processes",
-                    c.auto.backing.rust_name(),
-                    ready.backing
-                )
-            };
-            NotAPromise {
-                status: Status::NotApplicable,
-                evidence: vec![what, format!("Strategy::Auto chose it: {why}")],
-                remedy: format!(
-                    "{per_thread}, keep secrets in secret memory (Backing::Auto on a kernel with \
-                     memfd_secret), where Strategy::Auto takes a protection key, or choose \
-                     Strategy::ProtectionKey (probe it with --strategy {key})"
-                ),
-            }
-        }
-        (chosen, _) => NotAPromise {
+        (StrategyArg::Auto, Ok(())) => NotAPromise {
             status: Status::NotApplicable,
-            evidence: vec![
-                what,
-                format!(
-                    "{} was chosen (--strategy {})",
-                    chosen.rust_name(),
-                    chosen.name()
-                ),
-            ],
+            evidence: vec![what, auto_chose(ready, c)],
+            remedy: format!(
+                "{per_thread}, keep secrets in secret memory (Backing::Auto on a kernel with \
+                 memfd_secret), where Strategy::Auto takes a protection key, or choose \
+                 Strategy::ProtectionKey (probe it with --strategy {key})"
+            ),
+        },
+        (strategy, _) => NotAPromise {
+            status: Status::NotApplicable,
+            evidence: vec![what, chosen(strategy)],
             remedy: format!(
                 "{per_thread}, choose Strategy::Auto or Strategy::ProtectionKey (probe it with \
                  --strategy {key})"
             ),
         },
+    }
+}
+
+/// The sealed promise for secrets that got what `ready` says (not sealed).
+fn not_sealed(ready: &Ready, c: &Context) -> NotAPromise {
+    let got = strategy_rust_name(&ready.strategy);
+    let how = if ready.strategy == strategy_name(Strategy::ProtectionKey) {
+        "a protection key"
+    } else {
+        "page protection"
+    };
+    NotAPromise {
+        status: Status::NotApplicable,
+        evidence: vec![
+            format!(
+                "not a promise of {got}, which keeps a secret's bytes as they are in a mapping of \
+                 their own, opened by {how}: there is no ciphertext and no key"
+            ),
+            match c.policy.strategy {
+                StrategyArg::Auto => auto_chose(ready, c),
+                strategy => chosen(strategy),
+            },
+        ],
+        remedy: format!(
+            "none needed for these secrets; for secrets kept as ciphertext while idle, with the \
+             plaintext only in a scratch area during an access, choose Strategy::Sealed (probe it \
+             with --strategy {})",
+            strategy_name(Strategy::Sealed)
+        ),
     }
 }
 
@@ -873,14 +961,24 @@ fn unavailable_remedy(
         "P1" if excused => "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd `LimitMEMLOCK=`, \
             `docker run --ulimit memlock=`) or grant CAP_IPC_LOCK"
             .into(),
-        "P6" if excused && m.memfd_secret.is_ok() && c.policy.backing != BackingArg::Anonymous => {
+        "P6" | SEALED_AT_REST
+            if excused && m.memfd_secret.is_ok() && c.policy.backing != BackingArg::Anonymous =>
+        {
             "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd `LimitMEMLOCK=`) or grant CAP_IPC_LOCK, \
              so secret memory can be had"
                 .into()
         }
-        "P6" if excused => "use Backing::Auto on Linux 5.14+ with memfd_secret enabled (boot \
+        "P6" | SEALED_AT_REST if excused => {
+            "use Backing::Auto on Linux 5.14+ with memfd_secret enabled (boot \
             with secretmem.enable=1 on kernels before 6.5)"
-            .into(),
+                .into()
+        }
+        "P7" if !skip_reasons.is_empty() && c.policy.strategy == StrategyArg::Sealed => {
+            "the scratch area's guard pages still catch what leaves it, and the sealed bytes are \
+             authenticated (P9); for a canary right before the bytes, choose \
+             Strategy::ProtectionKey or Strategy::PageProtection"
+                .into()
+        }
         "P7" if !skip_reasons.is_empty() => "the guard pages still catch what leaves the data \
             pages; for a canary inside them, use a securememory that reports \
             Secret::protection().canary for small secrets"
@@ -1230,6 +1328,129 @@ mod tests {
         assert!(p3.remedy.unwrap_or_default().contains("see P8"));
     }
 
+    /// A finding of the sealed promise's first probe for a secret with `strategy` in `backing`
+    /// memory, kept or not.
+    fn at_rest(strategy: &str, backing: &str, kept: bool) -> ProbeResult {
+        let mut r = ready(strategy);
+        r.backing = backing.into();
+        let mut f = Finding::new(SEALED_AT_REST, "at rest", Some(&r));
+        f.saw("idle: the plaintext is absent from every byte read from outside");
+        if !kept {
+            f.broke("no sealed bytes in the process");
+        }
+        ProbeResult::new("at rest", None, Ok(f))
+    }
+
+    #[test]
+    fn the_sealed_promise_is_not_applicable_to_secrets_that_are_not_sealed() {
+        let c = context();
+        let row = judge(
+            SEALED_AT_REST,
+            "sealed",
+            vec![at_rest("protection-key", "secretmem", false)],
+            &c,
+        );
+        assert_eq!(row.status, Status::NotApplicable, "{row:?}");
+        assert!(
+            row.evidence[0].contains("not a promise of Strategy::ProtectionKey"),
+            "{row:?}"
+        );
+        assert!(
+            row.evidence[1].starts_with("Strategy::Auto chose it"),
+            "{row:?}"
+        );
+        assert!(row.evidence[2].contains("[seen]"), "{row:?}");
+        assert!(row
+            .remedy
+            .as_deref()
+            .unwrap_or("")
+            .contains("--strategy sealed"));
+        let mut c = context();
+        c.policy.strategy = StrategyArg::PageProtection;
+        let row = judge(
+            SEALED_AT_REST,
+            "sealed",
+            vec![at_rest("page-protection", "secretmem", false)],
+            &c,
+        );
+        assert_eq!(row.status, Status::NotApplicable, "{row:?}");
+        assert!(row.evidence[1].contains("--strategy page-protection"));
+        let rows = [row];
+        assert_eq!(Requirement::strict().exit_code(&rows), EXIT_OK);
+        assert_eq!(
+            Requirement::listed(&[SEALED_AT_REST]).exit_code(&rows),
+            EXIT_NOT_HELD
+        );
+    }
+
+    #[test]
+    fn the_sealed_promise_is_judged_for_sealed_secrets() {
+        let mut c = context();
+        c.policy.strategy = StrategyArg::Sealed;
+        let kept = judge(
+            SEALED_AT_REST,
+            "sealed",
+            vec![at_rest("sealed", "secretmem", true)],
+            &c,
+        );
+        assert_eq!(kept.status, Status::Pass, "{kept:?}");
+        let broken = judge(
+            SEALED_AT_REST,
+            "sealed",
+            vec![at_rest("sealed", "secretmem", false)],
+            &c,
+        );
+        assert_eq!(broken.status, Status::Fail, "{broken:?}");
+        // In anonymous memory the key is readable to root: the mechanism is missing, as for P6.
+        c.policy.backing = BackingArg::Anonymous;
+        let anonymous = judge(
+            SEALED_AT_REST,
+            "sealed",
+            vec![at_rest("sealed", "anonymous", false)],
+            &c,
+        );
+        assert_eq!(anonymous.status, Status::Unavailable, "{anonymous:?}");
+        assert!(
+            anonymous.evidence[0].contains("sealing key's page"),
+            "{anonymous:?}"
+        );
+        assert!(anonymous
+            .remedy
+            .as_deref()
+            .unwrap_or("")
+            .contains("memfd_secret"));
+    }
+
+    #[test]
+    fn the_per_thread_promise_says_why_a_sealed_secret_does_not_keep_it() {
+        let mut c = context();
+        c.policy.strategy = StrategyArg::Sealed;
+        let row = p8(other_thread("sealed", false), &c);
+        assert_eq!(row.status, Status::NotApplicable, "{row:?}");
+        assert!(
+            row.evidence[0].contains("Strategy::Sealed")
+                && row.evidence[0].contains("scratch area"),
+            "{row:?}"
+        );
+        assert_eq!(
+            row.evidence[1],
+            "Strategy::Sealed was chosen (--strategy sealed)"
+        );
+    }
+
+    #[test]
+    fn a_refused_sealed_secret_is_not_offered_best_effort() {
+        let mut c = context();
+        c.policy.strategy = StrategyArg::Sealed;
+        let refusal = Refusal {
+            error: "MemoryLockLimit".into(),
+            message: "could not lock 4096 bytes: RLIMIT_MEMLOCK (0 bytes) reached".into(),
+        };
+        assert!(!refusal_remedy(&refusal, &c).contains("BestEffort"));
+        c.policy.strategy = StrategyArg::Auto;
+        assert!(refusal_remedy(&refusal, &c).contains("BestEffort"));
+    }
+
     #[test]
     fn strategy_names_and_wrapping() {
         assert_eq!(
@@ -1240,6 +1461,7 @@ mod tests {
             strategy_rust_name("page-protection"),
             "Strategy::PageProtection"
         );
+        assert_eq!(strategy_rust_name("sealed"), "Strategy::Sealed");
         assert_eq!(wrap("aa bb cc dd", 5), ["aa bb", "cc dd"]);
         assert_eq!(wrap("", 5), [""]);
         assert_eq!(wrap("toolongword x", 4), ["toolongword", "x"]);
@@ -1410,6 +1632,7 @@ mod tests {
         assert_eq!(promise_id("p6"), Ok("P6"));
         assert_eq!(promise_id(" P1 "), Ok("P1"));
         assert_eq!(promise_id("p8"), Ok("P8"));
-        assert!(promise_id("P9").is_err());
+        assert_eq!(promise_id("p9"), Ok(SEALED_AT_REST));
+        assert!(promise_id("P10").is_err());
     }
 }

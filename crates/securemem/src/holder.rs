@@ -11,6 +11,10 @@
 //!       dump_excluded=true fork_protected=true guard_pages=true kernel_invisible=true canary=true
 //! ```
 //!
+//! `addr` is where an access finds the bytes: the secret's own mapping, or, for a sealed secret
+//! (`strategy=sealed`), the holder's main thread's scratch area, which holds the plaintext only
+//! during an access.
+//!
 //! Then it reads one command per line on stdin and answers one line on stdout. When the holder
 //! touches memory it may not (the point of several commands), its SIGSEGV/SIGBUS handler first
 //! writes `fault signal=N code=C addr=0x..` (the signal, `si_code` and `si_addr`) and then lets
@@ -18,12 +22,14 @@
 //!
 //! | command | what it does | answer |
 //! |---|---|---|
-//! | `enter` | enters `with_bytes` and stays inside, obeying commands, until `leave` | `inside` |
+//! | `enter` | enters `with_bytes` and stays inside, obeying commands, until `leave` | `inside addr=0x.. len=N` (where the bytes are during the access) |
 //! | `leave` | (inside only) ends the access | `left` |
 //! | `abort` | `std::process::abort()` (a kernel core dump), inside an access or not | — |
 //! | `close` | `Secret::close` | `closed` or `error <message>` |
-//! | `fork` | forks; the child reads the secret through the API and the raw pages (opening every protection key first where the secret has one) | `child api=.. raw=..` (with ` keys=opened` where it opened them), then `forked` |
-//! | `touch` | reads the raw address outside an access | dies of SIGSEGV, or `touched ..` |
+//! | `fork [0xADDR [0xKEY]]` | forks; the child reads the secret through the API and the raw pages at `ADDR` (default: where an access finds the bytes; opening every protection key first where the secret has one); given the address of a sealed secret's key page, it searches its memory for an expanded key, makes that page readable too (opening every key where the CPU has them) and reads it whole | `child api=.. raw=..` (with ` keys=opened` where it opened them; for a key page ` schedules=N`, the places of the child's memory that hold an expanded AES-256 key, and ` key=unmapped\|zeros\|bytes`), then `forked` |
+//! | `touch [0xADDR]` | reads the secret's length in bytes at the address an access gives (or at `ADDR`) outside an access | dies of SIGSEGV, or `touched zeros` / `touched bytes=<hex>` |
+//! | `rewrite` | `with_bytes_mut` that changes nothing (a sealed secret is sealed again, under a fresh nonce) | `rewritten` |
+//! | `open` | `with_bytes` that reads nothing | `open with_bytes=R`, `R` being `Ok` or the error's variant name |
 //! | `read-from-another-thread` | a second thread enters `with_bytes` and hands out the bytes' address; this thread reads them raw while that access runs | `reading addr=0x.. len=N`, then dies of SIGSEGV, or `read len=N` |
 //! | `overflow` | writes one byte past the end inside `with_bytes_mut` | dies of SIGSEGV, or `overflowed` |
 //! | `underflow` | writes one byte before the data page inside `with_bytes_mut` | dies of SIGSEGV, or `underflowed` |
@@ -144,6 +150,9 @@ pub enum StrategyArg {
     PageProtection,
     /// `Strategy::ProtectionKey`.
     ProtectionKey,
+    /// `Strategy::Sealed`: AES-256-GCM ciphertext at rest, decrypted into the calling thread's
+    /// scratch area for the duration of an access.
+    Sealed,
 }
 
 impl StrategyArg {
@@ -153,6 +162,7 @@ impl StrategyArg {
             StrategyArg::Auto => Strategy::Auto,
             StrategyArg::PageProtection => Strategy::PageProtection,
             StrategyArg::ProtectionKey => Strategy::ProtectionKey,
+            StrategyArg::Sealed => Strategy::Sealed,
         }
     }
 
@@ -167,6 +177,7 @@ impl StrategyArg {
             StrategyArg::Auto => "Strategy::Auto",
             StrategyArg::PageProtection => "Strategy::PageProtection",
             StrategyArg::ProtectionKey => "Strategy::ProtectionKey",
+            StrategyArg::Sealed => "Strategy::Sealed",
         }
     }
 }
@@ -316,7 +327,7 @@ fn run_inner(args: &HolderArgs) -> Result<(), Stop> {
         fill(&factory, count);
         return Ok(());
     }
-    let secret = match factory.create_random(MARKER_LEN) {
+    let secret = match SecretFactory::create_random(&factory, MARKER_LEN) {
         Ok(secret) => secret,
         Err(e) => {
             // The library's own verdict on this policy and these limits, not a failure of the
@@ -337,7 +348,7 @@ fn run_inner(args: &HolderArgs) -> Result<(), Stop> {
 fn fill(factory: &ProtectedMemorySecretFactory, count: usize) {
     let mut kept = Vec::with_capacity(count);
     for i in 0..count {
-        match factory.create_random(MARKER_LEN) {
+        match SecretFactory::create_random(factory, MARKER_LEN) {
             Ok(secret) => {
                 let p = secret.protection();
                 let _ = send(&format!(
@@ -456,11 +467,21 @@ fn command() -> Option<String> {
 }
 
 fn serve(secret: &Secret) -> Result<(), String> {
-    while let Some(cmd) = command() {
-        match cmd.as_str() {
+    while let Some(line) = command() {
+        let mut words = line.split_whitespace();
+        let cmd = words.next().unwrap_or_default();
+        let Some(addresses) = words.map(parse_address).collect::<Option<Vec<usize>>>() else {
+            send(&format!("error not an address: {line}")).map_err(|e| e.to_string())?;
+            continue;
+        };
+        match cmd {
             "enter" => {
-                let result = secret.with_bytes(|_| {
-                    let _ = send("inside");
+                let result = secret.with_bytes(|bytes| {
+                    let _ = send(&format!(
+                        "inside addr={:#x} len={}",
+                        bytes.as_ptr() as usize,
+                        bytes.len()
+                    ));
                     while let Some(inner) = command() {
                         match inner.as_str() {
                             "leave" => break,
@@ -481,14 +502,26 @@ fn serve(secret: &Secret) -> Result<(), String> {
                 Ok(()) => send("closed"),
                 Err(e) => send(&format!("error {}", one_line(&e.to_string()))),
             },
-            "fork" => fork_and_read(secret),
+            "fork" => fork_and_read(
+                secret,
+                addresses.first().copied(),
+                addresses.get(1).copied(),
+            ),
             "touch" => {
-                let addr = address(secret)?;
-                // SAFETY: deliberately not safe: reads the secret's page outside an access to
-                // show that it faults. Surviving the read is the failure being probed for.
-                let b = unsafe { std::ptr::read_volatile(addr as *const u8) };
-                send(&format!("touched value={b:#04x}"))
+                let addr = match addresses.first() {
+                    Some(&addr) => addr,
+                    None => address(secret)?,
+                };
+                touch(addr, secret.len())
             }
+            "rewrite" => match secret.with_bytes_mut(|_| ()) {
+                Ok(()) => send("rewritten"),
+                Err(e) => send(&format!("error {}", one_line(&e.to_string()))),
+            },
+            "open" => send(&format!(
+                "open with_bytes={}",
+                outcome(&secret.with_bytes(|_| ()))
+            )),
             "overflow" | "underflow" => {
                 let r = secret.with_bytes_mut(|bytes| {
                     let target = if cmd == "overflow" {
@@ -511,11 +544,45 @@ fn serve(secret: &Secret) -> Result<(), String> {
                 send("bye").map_err(|e| e.to_string())?;
                 return Ok(());
             }
-            other => send(&format!("error unknown command: {other}")),
+            _ => send(&format!("error unknown command: {line}")),
         }
         .map_err(|e| format!("write: {e}"))?;
     }
     Ok(())
+}
+
+/// `0x`-prefixed hex, as the holder prints addresses.
+fn parse_address(text: &str) -> Option<usize> {
+    usize::from_str_radix(text.strip_prefix("0x")?, 16).ok()
+}
+
+/// Reads `len` bytes at `addr` outside any access and answers what they hold: `touched zeros`,
+/// or `touched bytes=<hex>` built on the stack (no heap copy of what might be the secret).
+/// Where the memory is protected, the first read faults and the fault handler answers instead.
+fn touch(addr: usize, len: usize) -> io::Result<()> {
+    let mut raw = [0u8; MARKER_LEN];
+    let len = len.min(MARKER_LEN);
+    for (i, r) in raw.iter_mut().enumerate().take(len) {
+        // SAFETY: deliberately not safe: reads memory that may be the secret's outside an
+        // access, to show that it faults or holds nothing. Surviving a read of the secret is
+        // the failure being probed for.
+        *r = unsafe { std::ptr::read_volatile((addr + i) as *const u8) };
+    }
+    let mut line = RawLine::new();
+    if raw[..len].iter().all(|&b| b == 0) {
+        line.put(b"touched zeros\n");
+    } else {
+        let mut hexed = [0u8; 2 * MARKER_LEN];
+        hex_into(&raw[..len], &mut hexed[..2 * len]);
+        line.put(b"touched bytes=");
+        line.put(&hexed[..2 * len]);
+        line.put(b"\n");
+        wipe(&mut hexed);
+    }
+    wipe(&mut raw);
+    let written = write_all_raw(line.bytes());
+    wipe(&mut line.buf);
+    written
 }
 
 /// Installs the handler that reports a memory fault before it kills the holder: it writes
@@ -713,18 +780,25 @@ fn address(secret: &Secret) -> Result<usize, String> {
 }
 
 /// Forks. The child tries the API (`with_bytes`, which must refuse), then does what an attacker
-/// in the child could: makes the inherited page readable (and, under a protection key, opens
-/// every key) and reads it raw. It reports both and
-/// exits; the parent waits for it and answers `forked`.
-fn fork_and_read(secret: &Secret) -> io::Result<()> {
-    let addr = match address(secret) {
+/// in the child could: makes the inherited page at `at` (by default where an access finds the
+/// bytes) readable (and, under a protection key, opens every key) and reads it raw; given
+/// `key_page` (where a sealed secret's key lives in the parent), it searches its memory for an
+/// expanded key, does the same to that page and says whether it holds anything. It reports and
+/// exits; the parent waits for it and answers `forked`. Given `at`, the parent forks without
+/// touching the secret first, so the child inherits the process as it was left.
+fn fork_and_read(secret: &Secret, at: Option<usize>, key_page: Option<usize>) -> io::Result<()> {
+    let addr = match at.map_or_else(|| address(secret), Ok) {
         Ok(a) => a,
         Err(e) => return send(&format!("error {e}")),
     };
     let page = crate::sys::page_size();
     let keyed = secret.protection().strategy == Strategy::ProtectionKey;
-    // SAFETY: the holder is single-threaded; the child only makes syscalls, reads the
-    // secret through the library, formats into a stack buffer and `_exit`s.
+    // A sealed secret's key page carries the library's protection key wherever the CPU has
+    // them. Asked here, so that the child asks the library nothing but for the bytes.
+    let keys_here = key_page.is_some() && securememory::system::check_protection_keys().is_ok();
+    // SAFETY: the holder is single-threaded, so the child inherits no lock held by another
+    // thread; it only makes syscalls, reads the secret through the library, reads its own
+    // memory (allocating buffers), formats into a stack buffer and `_exit`s.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return send(&format!("error fork: {}", io::Error::last_os_error()));
@@ -742,16 +816,7 @@ fn fork_and_read(secret: &Secret) -> io::Result<()> {
             Err(_) => line.put(b"error"),
         }
         line.put(b" raw=");
-        let page_start = addr & !(page - 1);
-        // SAFETY: the attacker's move in the child: make the inherited page readable.
-        let rc = unsafe { libc::mprotect(page_start as *mut libc::c_void, page, libc::PROT_READ) };
-        if rc != 0 {
-            line.put(b"unmapped");
-        } else {
-            if keyed {
-                // The rest of the attacker's move where the page carries a protection key.
-                open_every_key();
-            }
+        if readable_in_child(addr, page, keyed) {
             let mut raw = [0u8; MARKER_LEN];
             for (i, r) in raw.iter_mut().enumerate() {
                 // SAFETY: the page is mapped and readable in this child (mprotect succeeded,
@@ -768,6 +833,26 @@ fn fork_and_read(secret: &Secret) -> io::Result<()> {
             if keyed {
                 line.put(b" keys=opened");
             }
+        } else {
+            line.put(b"unmapped");
+        }
+        if key_page.is_some() {
+            // What the child inherited beside the sealed bytes: a copy of the key it may not have.
+            line.put(b" schedules=");
+            line.put_decimal(key_schedules_in_this_process());
+        }
+        if let Some(key_page) = key_page {
+            line.put(b" key=");
+            if !readable_in_child(key_page, page, keys_here) {
+                line.put(b"unmapped");
+            } else {
+                let mut nonzero = false;
+                for i in 0..page {
+                    // SAFETY: as above, for the key's page.
+                    nonzero |= unsafe { std::ptr::read_volatile((key_page + i) as *const u8) } != 0;
+                }
+                line.put(if nonzero { b"bytes" } else { b"zeros" });
+            }
         }
         line.put(b"\n");
         let _ = write_all_raw(line.bytes());
@@ -778,6 +863,36 @@ fn fork_and_read(secret: &Secret) -> io::Result<()> {
     // SAFETY: waits for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     send("forked")
+}
+
+/// How many places of this process's readable memory hold round keys of an expanded AES-256
+/// key ([`crate::probe::sealed::key_schedules`]), read through `/proc/self/mem`.
+fn key_schedules_in_this_process() -> u64 {
+    let mut places = std::collections::BTreeSet::new();
+    let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    let _ = crate::probe::kernel_read::read_process(pid, 48, |_, at, bytes| {
+        places.extend(
+            crate::probe::sealed::key_schedules(bytes)
+                .into_iter()
+                .map(|o| at + o),
+        );
+    });
+    places.len() as u64
+}
+
+/// The attacker's move in a forked child: makes the page holding `addr` readable, and opens
+/// every protection key where the page may carry one. `false` where the page is not mapped.
+fn readable_in_child(addr: usize, page: usize, keyed: bool) -> bool {
+    let page_start = addr & !(page - 1);
+    // SAFETY: changes the protection of an inherited page of this child only.
+    let rc = unsafe { libc::mprotect(page_start as *mut libc::c_void, page, libc::PROT_READ) };
+    if rc != 0 {
+        return false;
+    }
+    if keyed {
+        open_every_key();
+    }
+    true
 }
 
 /// Opens every protection key for the calling thread (`WRPKRU` with no rights withheld), as

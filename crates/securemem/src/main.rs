@@ -35,7 +35,7 @@ Exit status:
     enum Command {
         /// Report what this machine guarantees for secrets, proven by probes in child processes.
         ///
-        /// Every promise of securememory (P1-P8) is attacked from outside a real process that
+        /// Every promise of securememory (P1-P9) is attacked from outside a real process that
         /// holds a secret, created with the library's default policy (Backing::Auto,
         /// MlockPolicy::Required, Strategy::Auto) or the one given, under the caller's
         /// locked-memory limit or the one given with --memlock.

@@ -111,13 +111,15 @@ impl Drop for TempDir {
 pub struct Ready {
     /// The holder's process id.
     pub pid: i32,
-    /// The address of the secret's first byte.
+    /// The address of the secret's first byte, as an access finds it: in the secret's own
+    /// mapping, or, for a sealed secret, in the holder's scratch area (plaintext only during an
+    /// access).
     pub addr: usize,
     /// The secret's length.
     pub len: usize,
     /// `secretmem` or `anonymous`: the backing the secret got.
     pub backing: String,
-    /// `page-protection` or `protection-key`: the strategy the secret got.
+    /// `page-protection`, `protection-key` or `sealed`: the strategy the secret got.
     pub strategy: String,
     /// `Protection::locked`.
     pub locked: bool,
@@ -299,6 +301,14 @@ pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+impl Ready {
+    /// Whether the secret is sealed (`Strategy::Sealed`): ciphertext at rest, the plaintext at
+    /// [`addr`](Self::addr) only during an access.
+    pub fn sealed(&self) -> bool {
+        self.strategy == crate::holder::strategy_name(securememory::Strategy::Sealed)
+    }
+}
+
 impl Holder {
     /// Starts a holder in a fresh temporary directory and waits for its `ready` line.
     ///
@@ -397,12 +407,15 @@ impl Holder {
         }
     }
 
-    /// Enters an access and stays inside it.
+    /// Enters an access and stays inside it; returns where the bytes are during the access.
     ///
     /// # Errors
-    /// As for [`call`](Self::call).
-    pub fn enter(&mut self) -> Result<(), ProbeError> {
-        self.call("enter", "inside").map(drop)
+    /// As for [`call`](Self::call), and an answer without the address.
+    pub fn enter(&mut self) -> Result<usize, ProbeError> {
+        let line = self.call("enter", "inside")?;
+        field(&line, "addr")
+            .and_then(|a| usize::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+            .ok_or_else(|| ProbeError::Broken(format!("holder answered {line:?} to \"enter\"")))
     }
 
     /// Leaves the access entered with [`enter`](Self::enter).

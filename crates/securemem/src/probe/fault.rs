@@ -52,7 +52,15 @@ fn expect_fault(
     command: &str,
     probe: &str,
 ) -> Result<Finding, ProbeError> {
-    let mut holder = Holder::spawn(options)?;
+    expect_fault_of(Holder::spawn(options)?, promise, command, probe)
+}
+
+fn expect_fault_of(
+    mut holder: Holder,
+    promise: &'static str,
+    command: &str,
+    probe: &str,
+) -> Result<Finding, ProbeError> {
     let mut finding = Finding::new(promise, probe, Some(&holder.ready));
     let addr = holder.ready.addr;
     match holder.expect_death(command)? {
@@ -82,17 +90,73 @@ fn expect_fault(
     Ok(finding)
 }
 
-/// P3: reads the secret's address outside an access; it must fault.
+/// P3: reads the secret's address outside an access; it must fault. A sealed secret has no
+/// plaintext while idle at all: there the probe first reads every byte of the process from
+/// outside (the plaintext must be nowhere), then has the holder read, outside an access, the
+/// bytes where its accesses put the plaintext (they must be zeros, or fault).
 ///
 /// # Errors
 /// [`ProbeError::Broken`] when the holder misbehaves.
 pub fn touch_idle(options: &HolderOptions) -> Result<Finding, ProbeError> {
-    expect_fault(
-        options,
-        "P3",
-        "touch",
-        "read the raw address outside an access",
-    )
+    let probe = "read the raw address outside an access";
+    let holder = Holder::spawn(options)?;
+    if holder.ready.sealed() {
+        touch_idle_sealed(holder, probe)
+    } else {
+        expect_fault_of(holder, "P3", "touch", probe)
+    }
+}
+
+fn touch_idle_sealed(mut holder: Holder, probe: &str) -> Result<Finding, ProbeError> {
+    let mut finding = Finding::new("P3", probe, Some(&holder.ready));
+    let (addr, len) = (holder.ready.addr, holder.ready.len);
+    let scan = super::kernel_read::scan_process(holder.pid(), &holder.marker)?;
+    finding.saw(scan.describe());
+    if scan.hits.is_empty() {
+        finding.saw("idle, the plaintext is absent from every byte read from outside");
+    } else {
+        finding.broke(format!(
+            "idle, the plaintext is readable from outside {}",
+            scan.hits.join("; ")
+        ));
+    }
+    let place = format!("the {len} bytes at {addr:#x}, where an access puts the plaintext,");
+    match holder.expect_death("touch")? {
+        Death::Answered(a) if a == "touched zeros" => {
+            finding.saw(format!("{place} read as zeros outside an access"));
+            holder.call("exit", "bye")?;
+        }
+        Death::Answered(a) => match a.strip_prefix("touched bytes=") {
+            Some(seen) if seen == hex(&holder.marker) => {
+                finding.broke(format!("{place} still hold the secret outside an access"));
+            }
+            Some(_) => {
+                finding.saw(format!(
+                    "{place} hold bytes that are not the secret outside an access"
+                ));
+                holder.call("exit", "bye")?;
+            }
+            None => {
+                return Err(ProbeError::Broken(format!(
+                    "holder answered {a:?} to \"touch\""
+                )))
+            }
+        },
+        Death::Died {
+            signal: Some(signal),
+            fault,
+        } if FAULT_SIGNALS.contains(&signal) => finding.saw(format!(
+            "reading {place} outside an access killed the holder by {}",
+            death_text(signal, fault.as_ref())
+        )),
+        Death::Died { signal, .. } => {
+            return Err(ProbeError::Broken(format!(
+                "the holder ended ({}) reading its own scratch area",
+                signal.map_or("exited".into(), signal_name)
+            )))
+        }
+    }
+    Ok(finding)
 }
 
 /// P7: writes one byte past the end of the secret inside a write access; it must fault.
@@ -132,6 +196,15 @@ pub fn underflow(options: &HolderOptions) -> Result<Finding, ProbeError> {
 pub fn underflow_in_page(options: &HolderOptions) -> Result<Finding, ProbeError> {
     const COMMAND: &str = "underflow-in-page";
     let mut holder = Holder::spawn(options)?;
+    if holder.ready.sealed() {
+        return Err(ProbeError::Skipped(format!(
+            "a sealed secret keeps no canary (Secret::protection().canary is false): an access \
+             decrypts it into the thread's scratch area, right against the trailing guard page, \
+             and a write below it lands in the unused part of that area, which nothing reads \
+             back as this {}-byte secret; the sealed bytes themselves are authenticated (P9)",
+            holder.ready.len
+        )));
+    }
     if !holder.ready.canary {
         return Err(ProbeError::Skipped(format!(
             "the library placed no canary before this {}-byte secret \
@@ -200,7 +273,23 @@ pub fn fork(options: &HolderOptions) -> Result<Finding, ProbeError> {
         "forked child reads the secret (API, then raw after mprotect)",
         Some(&holder.ready),
     );
-    holder.send("fork")?;
+    // A sealed secret's bytes are ordinary heap memory, which a child inherits: what keeps them
+    // from it is that the key does not come along.
+    let key_page = if holder.ready.sealed() {
+        let keys = super::sealed::required_key_pages(&holder)?;
+        let key = super::sealed::mapping_of(&keys[0]);
+        finding.saw(format!(
+            "the sealed bytes are inherited as heap memory; the sealing key's page is {}",
+            super::smaps::describe_mapping(&key)
+        ));
+        Some(key.start)
+    } else {
+        None
+    };
+    match key_page {
+        Some(key) => holder.send(&format!("fork {:#x} {key:#x}", holder.ready.addr))?,
+        None => holder.send("fork")?,
+    }
     let child = holder.answer("the child's report")?;
     if let Some(fault) = Fault::parse(&child) {
         // The child faulted before it could report anything: it saw nothing.
@@ -239,6 +328,41 @@ pub fn fork(options: &HolderOptions) -> Result<Finding, ProbeError> {
         "zeros" => finding.saw(format!("{raw_read}: zeros (wf)")),
         r if r == marker => finding.broke(format!("{raw_read}: the secret")),
         _ => finding.saw(format!("{raw_read}: bytes that are not the secret")),
+    }
+    if key_page.is_some() {
+        match field("schedules").map(|n| n.parse::<u64>()) {
+            Some(Ok(0)) if super::sealed::cpu_has_aes() => {
+                finding.saw("no expanded AES-256 key in the child's memory");
+            }
+            Some(Ok(0)) => finding.saw(
+                "this CPU has no AES instructions: the cipher keeps its round keys bitsliced, \
+                 which the search for an expanded key in the child's memory does not recognise",
+            ),
+            Some(Ok(n)) => finding.broke(format!(
+                "{} in the child: its memory holds round keys of an expanded AES-256 key ({n} \
+                 places, three in a row), and with the sealed bytes it inherited it can open them",
+                super::sealed::KEY_COPY
+            )),
+            _ => {
+                return Err(ProbeError::Broken(format!(
+                    "the child did not report its search for the key: {child:?}"
+                )))
+            }
+        }
+        let key_read = "the sealing key's page in the child, made readable (every protection \
+                        key opened where the CPU has them)";
+        match field("key").as_deref() {
+            Some("unmapped") => finding.saw(format!("{key_read}: not mapped there (dc)")),
+            Some("zeros") => finding.saw(format!("{key_read}: zeros (wf)")),
+            Some("bytes") => finding.broke(format!(
+                "{key_read}: not zeros: the child has the key to the sealed bytes it inherited"
+            )),
+            _ => {
+                return Err(ProbeError::Broken(format!(
+                    "the child did not report the key page: {child:?}"
+                )))
+            }
+        }
     }
     holder.answer("forked")?;
     holder.call("exit", "bye")?;
@@ -286,6 +410,19 @@ pub fn read_from_another_thread(options: &HolderOptions) -> Result<Finding, Prob
     }
     holder.send(COMMAND)?;
     let reading = holder.answer(COMMAND)?;
+    if let (true, Some(refused)) = (
+        holder.ready.sealed(),
+        reading.strip_prefix("error with_bytes: "),
+    ) {
+        // A sealed secret's first access on a thread makes that thread a scratch area of its
+        // own, locked: the library's answer under a tight locked-memory limit, not the probe's.
+        finding.broke(format!(
+            "the other thread's access was refused (its scratch area is a locked mapping of its \
+             own): {refused}"
+        ));
+        holder.call("exit", "bye")?;
+        return Ok(finding);
+    }
     let Some(target) = reading.strip_prefix("reading ") else {
         return Err(ProbeError::Broken(format!(
             "holder answered {reading:?} to {COMMAND:?}"

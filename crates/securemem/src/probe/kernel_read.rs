@@ -75,6 +75,25 @@ pub fn proc_mem_read(pid: i32, addr: usize, len: usize) -> Result<Read, ProbeErr
     }
 }
 
+/// Writes `bytes` at `addr` of process `pid` through `/proc/PID/mem` (which writes through
+/// `PROT_NONE` and protection keys, as a debugger does).
+///
+/// # Errors
+/// [`ProbeError::Skipped`] when the file cannot be opened for writing; [`ProbeError::Broken`]
+/// when the kernel refuses the write.
+pub fn proc_mem_write(pid: i32, addr: usize, bytes: &[u8]) -> Result<(), ProbeError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .map_err(|e| ProbeError::Skipped(format!("cannot open /proc/{pid}/mem to write: {e}")))?;
+    file.write_all_at(bytes, addr as u64).map_err(|e| {
+        ProbeError::Broken(format!(
+            "writing {} bytes at {addr:#x} through /proc/{pid}/mem: {e}",
+            bytes.len()
+        ))
+    })
+}
+
 /// Reads `len` bytes at `addr` of process `pid` with `process_vm_readv(2)`.
 pub fn vm_readv(pid: i32, addr: usize, len: usize) -> Read {
     let mut buf = vec![0u8; len];
@@ -142,6 +161,51 @@ const CHUNK: usize = 1 << 20;
 /// to this much so a scan never runs away.
 const MAX_PER_MAPPING: usize = 256 << 20;
 
+/// Reads every mapping of process `pid` that `/proc/PID/mem` gives (as [`scan_process`] does) and
+/// calls `look` with each piece: its mapping, its address and its bytes. Consecutive pieces of a
+/// mapping overlap by `overlap` bytes, so a pattern that long is seen whole at least once.
+/// Returns the mappings (or parts) the kernel refused.
+///
+/// # Errors
+/// [`ProbeError::Skipped`] when the process's memory cannot be opened at all.
+pub fn read_process(
+    pid: i32,
+    overlap: usize,
+    mut look: impl FnMut(&Mapping, usize, &[u8]),
+) -> Result<Vec<(Mapping, i32)>, ProbeError> {
+    let file = File::open(format!("/proc/{pid}/mem"))
+        .map_err(|e| ProbeError::Skipped(format!("cannot open /proc/{pid}/mem: {e}")))?;
+    let mappings =
+        maps(pid).map_err(|e| ProbeError::Broken(format!("reading /proc/{pid}/maps: {e}")))?;
+    let mut refused = Vec::new();
+    let mut buf = vec![0u8; CHUNK + overlap];
+    for m in mappings {
+        if m.name == "[vsyscall]" {
+            continue;
+        }
+        let end = m.end.min(m.start.saturating_add(MAX_PER_MAPPING));
+        let mut at = m.start;
+        while at < end {
+            let want = (end - at).min(buf.len());
+            match file.read_at(&mut buf[..want], at as u64) {
+                Ok(0) => break,
+                Ok(n) => {
+                    look(&m, at, &buf[..n]);
+                    if at + n >= end {
+                        break;
+                    }
+                    at += n.saturating_sub(overlap).max(1);
+                }
+                Err(e) => {
+                    refused.push((m.clone(), e.raw_os_error().unwrap_or(libc::EIO)));
+                    break;
+                }
+            }
+        }
+    }
+    Ok(refused)
+}
+
 /// Reads every mapping of process `pid` through `/proc/PID/mem` and looks for `marker` (raw
 /// and as hex).
 ///
@@ -199,7 +263,9 @@ pub fn scan_process(pid: i32, marker: &[u8]) -> Result<Scan, ProbeError> {
 }
 
 /// Reads the holder's secret from outside: `/proc/PID/mem` at its address, `process_vm_readv`
-/// at its address, and `/proc/PID/mem` over every mapping — idle or inside an access.
+/// at its address, and `/proc/PID/mem` over every mapping — idle or inside an access. For a
+/// sealed secret, whose address is the scratch area an access decrypts into, it also reads the
+/// key's page, which must be refused as well.
 ///
 /// # Errors
 /// [`ProbeError::Broken`] when the holder misbehaves.
@@ -232,6 +298,12 @@ pub fn kernel_read(options: &HolderOptions, inside: bool) -> Result<Finding, Pro
         finding.saw("marker absent from every readable byte of the process");
     } else {
         finding.broke(format!("marker found {}", scan.hits.join("; ")));
+    }
+    if holder.ready.sealed() {
+        // What opens the sealed bytes, which any process that reads the heap has.
+        for key in super::sealed::required_key_pages(&holder)? {
+            super::sealed::read_key_from_outside(pid, &key, &mut finding);
+        }
     }
     if inside {
         holder.leave()?;

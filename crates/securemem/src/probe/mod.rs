@@ -12,6 +12,7 @@ pub mod dump;
 pub mod fault;
 pub mod kernel_read;
 pub mod memlock;
+pub mod sealed;
 pub mod smaps;
 pub mod wipe;
 
@@ -56,7 +57,7 @@ impl std::error::Error for ProbeError {}
 /// What one probe saw.
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
-    /// The promise (`P1` ... `P8`).
+    /// The promise (`P1` ... `P9`).
     pub promise: &'static str,
     /// What the probe did, in a few words.
     pub probe: String,
@@ -67,8 +68,8 @@ pub struct Finding {
     /// The backing the holder's secret got (`secretmem` or `anonymous`); empty when the probe
     /// ran no marker holder.
     pub backing: String,
-    /// The strategy the holder's secret got (`page-protection` or `protection-key`); empty when
-    /// the probe ran no marker holder.
+    /// The strategy the holder's secret got (`page-protection`, `protection-key` or `sealed`);
+    /// empty when the probe ran no marker holder.
     pub strategy: String,
     /// What the library reported for the secret (`Secret::protection`).
     #[serde(skip)]

@@ -94,6 +94,51 @@ fn around(
     ))
 }
 
+/// The pages that can hold a sealed secret's key in a holder: every locked (`lo`),
+/// dump-excluded (`dd`) mapping that sits between two inaccessible guard mappings, other than
+/// the one holding `scratch` (the area an access decrypts into); where some of them carry a
+/// protection key, only those (the key's page is tagged with the library's key wherever the CPU
+/// has them, a scratch area never is). The library exposes no address for its key; this is how
+/// it looks from outside, and in a holder with one sealed secret there is one such page per kind
+/// of memory in use (secret memory or anonymous). A holder of any other secret has none: its
+/// only such mapping holds the secret itself. Without protection keys, the scratch area of a
+/// second thread that read the secret would look the same: the probes read it from the main
+/// thread only.
+pub fn key_pages(entries: &[SmapsEntry], scratch: usize) -> Vec<SmapsEntry> {
+    let candidates: Vec<SmapsEntry> = (0..entries.len())
+        .filter(|&i| {
+            let entry = &entries[i];
+            let Some(m) = entry.mapping.as_ref() else {
+                return false;
+            };
+            let before = i.checked_sub(1).map(|j| &entries[j]);
+            let after = entries.get(i + 1);
+            !(m.start <= scratch && scratch < m.end)
+                && entry.has("lo")
+                && entry.has("dd")
+                && is_guard(before, |b| b.end == m.start)
+                && is_guard(after, |a| a.start == m.end)
+        })
+        .map(|i| entries[i].clone())
+        .collect();
+    let tagged = |e: &SmapsEntry| e.protection_key.is_some_and(|k| k != 0);
+    if candidates.iter().any(tagged) {
+        candidates.into_iter().filter(tagged).collect()
+    } else {
+        candidates
+    }
+}
+
+/// A mapping as evidence text: `0x..-0x.. perms name`.
+pub fn describe_mapping(m: &Mapping) -> String {
+    let name = if m.name.is_empty() {
+        "anonymous"
+    } else {
+        &m.name
+    };
+    format!("{:#x}-{:#x} {} {name}", m.start, m.end, m.perms)
+}
+
 fn is_guard(neighbour: Option<&SmapsEntry>, adjacent: impl Fn(&Mapping) -> bool) -> bool {
     neighbour
         .and_then(|e| e.mapping.as_ref())
@@ -103,7 +148,8 @@ fn is_guard(neighbour: Option<&SmapsEntry>, adjacent: impl Fn(&Mapping) -> bool)
 /// Reads the holder's `/proc/PID/smaps` entry for the secret and checks that it is locked
 /// (`Locked:` equal to its size, VmFlag `lo`), excluded from dumps (`dd`), kept from forked
 /// children (`wf` or `dc`), backed by secret memory when the library says so, and flanked by
-/// inaccessible guard mappings.
+/// inaccessible guard mappings. For a sealed secret that is the scratch area, checked again
+/// during an access, and the key's page is checked the same way.
 ///
 /// # Errors
 /// [`ProbeError::Broken`] when smaps cannot be read or has no mapping at the secret's address.
@@ -195,6 +241,46 @@ pub fn locked(options: &HolderOptions) -> Result<Finding, ProbeError> {
         "inaccessible (---p) guard mappings right before and after",
         "no inaccessible guard mapping on both sides",
     );
+    if ready.sealed() {
+        locked_sealed(&mut holder, &mut finding)?;
+    }
     holder.call("exit", "bye")?;
     Ok(finding)
+}
+
+/// The rest of P1 for a sealed secret: the mapping checked above is the scratch area, which
+/// holds the plaintext only during an access, so its smaps is read again while the holder sits
+/// inside one; and the page of the key that opens the sealed bytes must be locked too.
+fn locked_sealed(holder: &mut Holder, finding: &mut Finding) -> Result<(), ProbeError> {
+    let pid = holder.pid();
+    finding.saw("the mapping above is the scratch area an access decrypts the sealed secret into");
+    let inside = holder.enter()?;
+    let entries =
+        smaps(pid).map_err(|e| ProbeError::Broken(format!("reading /proc/{pid}/smaps: {e}")))?;
+    holder.leave()?;
+    match entry_at(&entries, inside) {
+        Some(e) if e.locked_kb == e.size_kb && e.size_kb > 0 && e.has("lo") => {
+            finding.saw(format!(
+                "inside an access the plaintext at {inside:#x} is in a locked mapping (Locked {} \
+                 of {} kB)",
+                e.locked_kb, e.size_kb
+            ));
+        }
+        Some(e) => finding.broke(format!(
+            "inside an access the plaintext at {inside:#x} is in a mapping that is not (fully) \
+             locked: Locked {} of {} kB, VmFlags {}",
+            e.locked_kb,
+            e.size_kb,
+            e.flags.join(" ")
+        )),
+        None => {
+            return Err(ProbeError::Broken(format!(
+                "no mapping contains the plaintext's address {inside:#x} inside an access"
+            )))
+        }
+    }
+    for key in super::sealed::required_key_pages(holder)? {
+        super::sealed::key_page_flags(&key, &holder.ready.backing, finding);
+    }
+    Ok(())
 }

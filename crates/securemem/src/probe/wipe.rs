@@ -6,6 +6,12 @@
 //!    which the kernel itself zeroes when it frees it);
 //! 2. after the close, it reads every mapping of the process: no copy of the marker may be left
 //!    anywhere (heap, stack, the holder's own buffers).
+//!
+//! A sealed secret has no mapping of its own to unmap: its bytes at rest are a heap allocation
+//! of ciphertext, and its plaintext exists only in the scratch area during an access. There the
+//! probe finds the sealed bytes before the close ([`super::sealed::locate`]), and after it
+//! requires that neither they nor the plaintext are anywhere in the process, and that the
+//! scratch area holds zeros.
 
 use super::kernel_read::{proc_mem_read, scan_process, Read};
 use super::{Finding, ProbeError};
@@ -30,7 +36,7 @@ struct SyscallInfo {
     rest: [u64; 2],
 }
 
-fn ptrace(
+pub(super) fn ptrace(
     request: libc::c_uint,
     pid: i32,
     addr: usize,
@@ -47,7 +53,7 @@ fn ptrace(
 }
 
 /// Waits for the tracee to stop, polling so that a hang turns into an error at `deadline`.
-fn wait_stop(pid: i32, deadline: Instant) -> Result<i32, ProbeError> {
+pub(super) fn wait_stop(pid: i32, deadline: Instant) -> Result<i32, ProbeError> {
     loop {
         let mut status = 0;
         // SAFETY: waits for our traced child without blocking.
@@ -162,6 +168,11 @@ pub fn close_wipes(options: &HolderOptions) -> Result<Finding, ProbeError> {
             "before close the marker is readable from outside (scan control: the scan finds it)",
         );
     }
+    if holder.ready.sealed() {
+        close_wipes_sealed(&mut holder, &mut finding)?;
+        holder.call("exit", "bye")?;
+        return Ok(finding);
+    }
     let timeout = options.timeout;
     let at_munmap = read_at_munmap(pid, addr, len, timeout, || holder.send("close"))?;
     match &at_munmap {
@@ -195,4 +206,70 @@ pub fn close_wipes(options: &HolderOptions) -> Result<Finding, ProbeError> {
     }
     holder.call("exit", "bye")?;
     Ok(finding)
+}
+
+/// The close of a sealed secret: its sealed bytes, found before, must be gone from the whole
+/// process afterwards, and the scratch area must hold zeros.
+fn close_wipes_sealed(holder: &mut Holder, finding: &mut Finding) -> Result<(), ProbeError> {
+    let pid = holder.pid();
+    let marker = holder.marker;
+    let sealed = super::sealed::locate(holder)?;
+    let Some(s) = sealed.first() else {
+        return Err(ProbeError::Broken(
+            "the sealed bytes could not be found before the close, so their wipe cannot be \
+             watched: see P9"
+                .into(),
+        ));
+    };
+    finding.saw(format!("before close: {}", s.describe()));
+    holder.call("close", "closed")?;
+    let after = scan_process(pid, &marker)?;
+    finding.saw(after.describe());
+    if after.hits.is_empty() {
+        finding.saw("after close the plaintext is absent from every readable byte of the process");
+    } else {
+        finding.broke(format!(
+            "after close the plaintext is still in the process {}",
+            after.hits.join("; ")
+        ));
+    }
+    let residue = scan_process(pid, s.sealed_part())?;
+    if residue.hits.is_empty() {
+        finding.saw(format!(
+            "after close the {} bytes of tag and ciphertext are absent from every readable byte \
+             of the process",
+            s.sealed_part().len()
+        ));
+    } else {
+        finding.broke(format!(
+            "after close the tag and ciphertext are still in the process {}",
+            residue.hits.join("; ")
+        ));
+    }
+    if let Read::Bytes(now) = proc_mem_read(pid, s.addr, s.stored.len())? {
+        let zeros = now.iter().filter(|&&b| b == 0).count();
+        finding.saw(format!(
+            "the {} bytes at {:#x} that held them now hold {zeros} zero bytes (the rest is the \
+             allocator's bookkeeping of the freed block)",
+            now.len(),
+            s.addr
+        ));
+    }
+    let scratch = holder.ready.addr;
+    let answer = holder.call(&format!("touch {scratch:#x}"), "touched ")?;
+    if answer == "touched zeros" {
+        finding.saw(format!(
+            "the scratch area at {scratch:#x}, where the last access put the plaintext, holds \
+             zeros"
+        ));
+    } else if answer.strip_prefix("touched bytes=") == Some(super::hex(&marker).as_str()) {
+        finding.broke(format!(
+            "the scratch area at {scratch:#x} still holds the plaintext after close"
+        ));
+    } else {
+        finding.saw(format!(
+            "the scratch area at {scratch:#x} holds bytes that are not the secret"
+        ));
+    }
+    Ok(())
 }

@@ -382,8 +382,6 @@ struct Expected<'a> {
     broken: &'a [&'a str],
     /// Probes the configuration makes no sense of (skipped whatever the machine offers).
     skipped: &'a [&'a str],
-    /// Findings let through although broken, printed; see where they are set.
-    excused: Option<fn(&Finding) -> bool>,
 }
 
 fn suite(options: &HolderOptions, expected: &Expected<'_>) {
@@ -408,11 +406,7 @@ fn suite(options: &HolderOptions, expected: &Expected<'_>) {
             .iter()
             .any(|&b| b == spec.promise || b == spec.name);
         if finding.holds != kept {
-            if expected.excused.is_some_and(|excused| excused(&finding)) {
-                println!("excused: {} {}: {finding}", spec.promise, spec.name);
-            } else {
-                wrong.push(format!("{} {}: {finding}", spec.promise, spec.name));
-            }
+            wrong.push(format!("{} {}: {finding}", spec.promise, spec.name));
         }
         if finding.ready.is_some() {
             assert_eq!(
@@ -473,18 +467,6 @@ fn every_probe_but_p6_the_per_thread_and_sealed_ones_holds_under_page_protection
 /// secret.
 const CANARY_PROBE: &str = "write one byte before the secret, inside its page";
 
-/// Copies of a sealed secret's key that the library leaves behind today (round keys in the
-/// vector registers, and in dead stack once a secret is made), which the probes of P2, P5 and
-/// P9 find. They are let through in the suites below so that those still check everything
-/// else; `sealed_secrets_leave_no_copy_of_their_key` demands them gone.
-fn only_key_copies(finding: &Finding) -> bool {
-    !finding.holds
-        && finding
-            .broken_at
-            .iter()
-            .all(|&i| finding.evidence[i].contains(probe::sealed::KEY_COPY))
-}
-
 /// A sealed secret decrypts into the calling thread's scratch area, which every thread of the
 /// process can read during the access: P8 is not one of its promises.
 #[test]
@@ -498,7 +480,6 @@ fn every_probe_but_the_per_thread_one_holds_for_sealed_secrets() {
         &Expected {
             broken: &[PER_THREAD],
             skipped: &[CANARY_PROBE],
-            excused: Some(only_key_copies),
         },
     );
 }
@@ -514,7 +495,6 @@ fn every_probe_but_p6_the_per_thread_one_and_the_key_from_outside_holds_for_seal
         &Expected {
             broken: &["P6", PER_THREAD, AT_REST_PROBE],
             skipped: &[CANARY_PROBE],
-            excused: Some(only_key_copies),
         },
     );
 }
@@ -746,8 +726,6 @@ fn sealed_secrets_lock_their_key_and_scratch_area() {
 /// What the key's page is for: no copy of the key (round keys in the vector registers or on
 /// the stack, the key stream) where other processes, core dumps or forked children reach it.
 #[test]
-#[ignore = "the library leaves round keys of the sealing key in the vector registers and, once \
-            a secret is made, in dead stack (see only_key_copies)"]
 fn sealed_secrets_leave_no_copy_of_their_key() {
     let options = sealed(BackingArg::Auto);
     assert_holds(probe::sealed::key_copies(&options));

@@ -554,9 +554,34 @@ impl Access {
                     None => continue,
                 }
             }
-            gate.expose(Mode::Write)?;
-            // WRITING replaces OPEN: readers may not join a writer.
-            return self.publish(state, WRITING, gate);
+            // WRITING replaces OPEN before the memory is made writable, in one step that also
+            // finds no reader counted: memory left open without readers (handed over, or a
+            // failed conceal) would otherwise let a reader holding another secret join on the
+            // fast path between this check and the flag.
+            // AcqRel: after the readers that left (Acquire); before this writer's exposure.
+            if self
+                .state
+                .compare_exchange(
+                    state,
+                    (state | WRITING) & !OPEN,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            if let Err(error) = gate.expose(Mode::Write) {
+                // Release: as it was; memory that was open is still readable.
+                self.state
+                    .fetch_update(Ordering::Release, Ordering::Relaxed, |now| {
+                        Some((now & !WRITING) | (state & OPEN))
+                    })
+                    .ok();
+                self.changed.notify_all();
+                return Err(error);
+            }
+            return Ok(());
         }
     }
 

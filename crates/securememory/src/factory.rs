@@ -99,6 +99,20 @@ fn default_reporting() -> &'static Arc<Reporting> {
 }
 
 /// Configures a [`ProtectedMemorySecretFactory`].
+///
+/// ```
+/// use securememory::{Backing, MlockPolicy, OnCorruption, ProtectedMemorySecretFactory, Strategy};
+///
+/// let factory = ProtectedMemorySecretFactory::builder()
+///     .backing(Backing::Auto)
+///     .mlock(MlockPolicy::Required)
+///     .strategy(Strategy::Sealed)
+///     .on_corruption(OnCorruption::Abort)
+///     .build();
+/// let key = factory.create_random(32)?;
+/// assert_eq!(key.protection().strategy, Strategy::Sealed);
+/// # Ok::<(), securememory::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct FactoryBuilder {
@@ -718,6 +732,16 @@ impl Secret {
     #[track_caller]
     pub fn random(len: usize) -> Result<Secret, Error> {
         DEFAULT_FACTORY.create_random(len)
+    }
+
+    /// The bytes of `reader` to its end, at most `max_len`:
+    /// [`ProtectedMemorySecretFactory::from_reader_to_end`] with the default factory.
+    ///
+    /// # Errors
+    /// See [`ProtectedMemorySecretFactory::from_reader_to_end`].
+    #[track_caller]
+    pub fn from_reader_to_end(reader: impl io::Read, max_len: usize) -> Result<Secret, Error> {
+        DEFAULT_FACTORY.from_reader_to_end(reader, max_len)
     }
 
     /// A secret of `len` bytes written in place by `fill`:

@@ -353,6 +353,12 @@ impl Region {
         }
     }
 
+    /// The epoch the region was made in and where the current one is read, for whoever must
+    /// tell a forked child without the region at hand.
+    pub(crate) fn epoch_witness(&self) -> (u64, &'static AtomicU64) {
+        (self.epoch, self.epoch_word)
+    }
+
     /// What the region got.
     pub(crate) fn protection(&self) -> Protection {
         self.protection

@@ -71,13 +71,24 @@ pub(crate) const KEPT_SCRATCH_PAGES: usize = 4;
 
 /// Zeroes [`SCRUBBED_STACK`] bytes of stack below the caller's frame, where the frames of the
 /// call it made just before lay.
-#[inline(never)]
+#[inline(always)]
 fn scrub_stack() {
-    let mut area = [0u8; SCRUBBED_STACK];
+    scrub_stack_of::<SCRUBBED_STACK>();
+}
+
+/// Zeroes `N` bytes of stack below the caller's frame.
+#[inline(never)]
+fn scrub_stack_of<const N: usize>() {
+    let mut area = [0u8; N];
     // SAFETY: a local array; `write_bytes` is a plain memset that `black_box` keeps.
-    unsafe { ptr::write_bytes(area.as_mut_ptr(), 0, SCRUBBED_STACK) };
+    unsafe { ptr::write_bytes(area.as_mut_ptr(), 0, N) };
     std::hint::black_box(&mut area);
 }
+
+/// How much stack below it the making of a keeper wipes: building the key schedule returns a
+/// kilobyte of state by value and expands the key in temporaries of its own, deeper than a seal
+/// or an open goes. Once per process.
+const SCRUBBED_AFTER_KEY_SETUP: usize = 16 * 1024;
 
 /// Builds the cipher for `key` at `place`, in a frame of its own below the caller's, which the
 /// caller then scrubs.
@@ -93,6 +104,95 @@ unsafe fn build_cipher(key: &[u8], place: *mut Aes256Gcm) {
     );
     // SAFETY: forwarded from the caller; writing does not read the old contents.
     unsafe { place.write(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))) };
+}
+
+/// Zeroes the vector registers the cipher uses (AES-NI and carry-less multiplication work in
+/// them): round keys and key stream would otherwise stay there until other code overwrites them.
+#[inline(always)]
+fn clear_vector_registers() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: only zeroes registers the compiler is told are clobbered; no memory, no stack.
+    unsafe {
+        std::arch::asm!(
+            "xorps xmm0, xmm0",
+            "xorps xmm1, xmm1",
+            "xorps xmm2, xmm2",
+            "xorps xmm3, xmm3",
+            "xorps xmm4, xmm4",
+            "xorps xmm5, xmm5",
+            "xorps xmm6, xmm6",
+            "xorps xmm7, xmm7",
+            "xorps xmm8, xmm8",
+            "xorps xmm9, xmm9",
+            "xorps xmm10, xmm10",
+            "xorps xmm11, xmm11",
+            "xorps xmm12, xmm12",
+            "xorps xmm13, xmm13",
+            "xorps xmm14, xmm14",
+            "xorps xmm15, xmm15",
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+            out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+            out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above, for the NEON registers the cipher uses.
+    unsafe {
+        std::arch::asm!(
+            "movi v0.16b, #0",
+            "movi v1.16b, #0",
+            "movi v2.16b, #0",
+            "movi v3.16b, #0",
+            "movi v4.16b, #0",
+            "movi v5.16b, #0",
+            "movi v6.16b, #0",
+            "movi v7.16b, #0",
+            "movi v16.16b, #0",
+            "movi v17.16b, #0",
+            "movi v18.16b, #0",
+            "movi v19.16b, #0",
+            "movi v20.16b, #0",
+            "movi v21.16b, #0",
+            "movi v22.16b, #0",
+            "movi v23.16b, #0",
+            "movi v24.16b, #0",
+            "movi v25.16b, #0",
+            "movi v26.16b, #0",
+            "movi v27.16b, #0",
+            "movi v28.16b, #0",
+            "movi v29.16b, #0",
+            "movi v30.16b, #0",
+            "movi v31.16b, #0",
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+            out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+            out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+            out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+            out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+            out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+}
+
+/// Copies zeros of the cipher state's size through `memcpy`. Building the cipher moves its state
+/// into the page with `memcpy`, which on CPUs with AVX-512 runs through vector registers that
+/// compiled code never uses (glibc's EVEX variants use the upper sixteen) and so that nothing
+/// else overwrites soon; a copy of the same size goes through the same registers.
+#[inline(never)]
+fn flush_copy_registers() {
+    let zeros = [0u8; size_of::<Aes256Gcm>()];
+    let mut sink = [0u8; size_of::<Aes256Gcm>()];
+    // SAFETY: two distinct local arrays of the copied length.
+    unsafe {
+        ptr::copy_nonoverlapping(
+            std::hint::black_box(zeros.as_ptr()),
+            std::hint::black_box(sink.as_mut_ptr()),
+            size_of::<Aes256Gcm>(),
+        );
+    }
+    std::hint::black_box(&mut sink);
 }
 
 /// The process's cipher for one kind of memory: its expanded key in a guarded page.
@@ -165,9 +265,12 @@ impl Keeper {
         let place = unsafe { raw_key.as_ptr().add(KEY_LEN).cast::<Aes256Gcm>() };
         // SAFETY: the place is inside the writable region, aligned, and holds nothing yet.
         unsafe { build_cipher(key_bytes, place) };
+        flush_copy_registers();
         zeroize::Zeroize::zeroize(key_bytes);
-        // The key schedule was built in `build_cipher`'s frame, below this one.
-        scrub_stack();
+        // The key schedule was built in `build_cipher`'s frame, below this one, and in vector
+        // registers.
+        clear_vector_registers();
+        scrub_stack_of::<SCRUBBED_AFTER_KEY_SETUP>();
         region.conceal_keeper()?;
         Ok(Keeper {
             region,
@@ -179,8 +282,21 @@ impl Keeper {
     /// Runs `seal_or_open` with the cipher, its page open for this thread only (protection
     /// keys) for the duration, then wipes the stack the cipher used. `outermost`: no other
     /// protection-key window is open on this thread.
-    #[inline]
+    #[inline(always)]
     fn with_cipher<R>(&self, outermost: bool, seal_or_open: impl FnOnce(&Aes256Gcm) -> R) -> R {
+        let result = self.run_cipher(outermost, seal_or_open);
+        // The cipher's frames all lay below this one (`run_cipher` is never inlined), where
+        // this wipes; its round keys and key stream stay in vector registers otherwise, which
+        // ptrace, core dumps and a forked child's copy of them would show.
+        clear_vector_registers();
+        scrub_stack();
+        result
+    }
+
+    /// Opens the key page for this thread (protection keys), runs `seal_or_open`, closes it.
+    /// In a frame of its own, so that nothing of the cipher's is left in the caller's.
+    #[inline(never)]
+    fn run_cipher<R>(&self, outermost: bool, seal_or_open: impl FnOnce(&Aes256Gcm) -> R) -> R {
         let window = self.region.open_window(Mode::Read, outermost);
         // SAFETY: the cipher was written in `new` and is never moved or written again until
         // the keeper is dropped (never, once published); the window makes the page readable.
@@ -194,7 +310,6 @@ impl Keeper {
         };
         let result = seal_or_open(cipher);
         drop(window);
-        scrub_stack();
         result
     }
 
@@ -481,11 +596,12 @@ impl Plaintext {
         let fits = |area: &Region| area.len() >= len && !area.in_forked_child();
         if len > scratch_len(KEPT_SCRATCH_PAGES) {
             let area = scratch_area(memory, len)?;
+            let (epoch, epoch_word) = area.epoch_witness();
             return Ok(Plaintext {
                 bytes: Self::right_aligned(&area, len),
                 len,
-                epoch: area.epoch(),
-                epoch_word: sys::epoch_word(),
+                epoch,
+                epoch_word,
                 own: Some(area),
             });
         }
@@ -509,11 +625,12 @@ impl Plaintext {
                 }
             };
             scratch.depth.set(depth + 1);
+            let (epoch, epoch_word) = area.epoch_witness();
             Ok(Plaintext {
                 bytes: Self::right_aligned(area, len),
                 len,
-                epoch: area.epoch(),
-                epoch_word: sys::epoch_word(),
+                epoch,
+                epoch_word,
                 own: None,
             })
         })
@@ -545,7 +662,13 @@ impl Drop for Plaintext {
     fn drop(&mut self) {
         // Relaxed: the epoch word changes only across a fork, which orders everything.
         if self.epoch_word.load(Ordering::Relaxed) == self.epoch {
-            zeroize::Zeroize::zeroize(self.bytes_mut());
+            // A plain memset: the area outlives the access and is reached again through the
+            // pointer its thread keeps, so the compiler cannot drop these stores as dead (the
+            // fence keeps them before the depth is given back), and a byte-wise volatile loop
+            // costs more than the decryption once a secret is a few hundred bytes.
+            // SAFETY: `len` bytes of the live area that this plaintext alone uses.
+            unsafe { ptr::write_bytes(self.bytes.as_ptr(), 0, self.len) };
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
         }
         if self.own.is_none() {
             // `try_with`: a plaintext dropped while the thread's locals are torn down has no

@@ -765,7 +765,17 @@ impl fmt::Debug for Secret {
 /// An [`io::Read`] over a secret's bytes, made by [`Secret::reader`].
 ///
 /// Each `read` call makes one access and copies as much as fits. At the end, `read` returns
-/// `Ok(0)`; after the secret is closed it returns an error.
+/// `Ok(0)`; after the secret is closed it returns an error. Read into memory you wipe, or
+/// straight into another secret:
+///
+/// ```
+/// use securememory::Secret;
+///
+/// let original = Secret::from_vec(b"a key file's contents".to_vec())?;
+/// let copy = Secret::from_reader(original.reader(), original.len())?;
+/// assert!(copy.constant_time_eq_secret(&original)?);
+/// # Ok::<(), securememory::Error>(())
+/// ```
 pub struct SecretReader<'a> {
     secret: &'a Secret,
     position: usize,

@@ -7,6 +7,8 @@
 //! unmasking as it goes. Secrets are sealed (ciphertext at rest, on every machine) or in secret
 //! memory (which `/proc/self/mem` cannot read), so the secret itself is never what is found.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use securememory::{Backing, Error, ProtectedMemorySecretFactory, Secret, Strategy};

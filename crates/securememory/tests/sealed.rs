@@ -2,6 +2,8 @@
 //! system call per secret. The rules every strategy keeps run for `Strategy::Sealed` through
 //! `common::SETUPS` in the other test files.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use securememory::{Backing, MlockPolicy, Secret, Strategy};

@@ -236,6 +236,42 @@ fn loom_reader_holding_another_access_racing_a_writer() {
     });
 }
 
+/// Memory left open with no reader counted (a conceal that failed, or memory handed over to a
+/// reader queued behind a writer): a reader holding another secret passes `WRITER_WAITING` on
+/// the fast path, and must not get in beside a writer that is taking the memory.
+#[test]
+fn loom_reader_holding_another_access_racing_a_writer_over_open_memory() {
+    ::loom::model(|| {
+        let s = shared();
+        s.access.state.store(OPEN, SeqCst);
+        s.gate.protection.store(1, SeqCst);
+        let writers_inside = Arc::new(AtomicUsize::new(0));
+        let readers_inside = Arc::new(AtomicUsize::new(0));
+        let t = {
+            let (s, writers_inside, readers_inside) =
+                (s.clone(), writers_inside.clone(), readers_inside.clone());
+            thread::spawn(move || {
+                let held = s
+                    .access
+                    .read(&s.gate, Entry::HoldingAnother, None)
+                    .unwrap();
+                readers_inside.fetch_add(1, SeqCst);
+                assert_eq!(writers_inside.load(SeqCst), 0, "a reader beside a writer");
+                s.gate.assert_readable();
+                readers_inside.fetch_sub(1, SeqCst);
+                held.finish().unwrap();
+            })
+        };
+        let held = s.access.write(&s.gate).unwrap();
+        writers_inside.fetch_add(1, SeqCst);
+        assert_eq!(readers_inside.load(SeqCst), 0, "a writer beside a reader");
+        s.gate.assert_writable();
+        writers_inside.fetch_sub(1, SeqCst);
+        held.finish().unwrap();
+        t.join().unwrap();
+    });
+}
+
 #[test]
 fn loom_concurrent_closers_both_return_after_teardown() {
     ::loom::model(|| {

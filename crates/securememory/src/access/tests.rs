@@ -863,3 +863,76 @@ fn close_waits_for_a_published_reader_and_refuses_new_ones() {
     }
     assert!(!published(&shared.access));
 }
+
+/// A shared gate whose exposure for writing first lets a test run something (another thread's
+/// attempt to join) and waits for it: the window between a writer's check for readers and the
+/// flag that keeps them out.
+struct RacingGate {
+    during_write_exposure: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Gate for RacingGate {
+    fn expose(&self, mode: Mode) -> Result<(), Error> {
+        if mode == Mode::Write {
+            if let Some(race) = self.during_write_exposure.lock().unwrap().take() {
+                race();
+            }
+        }
+        Ok(())
+    }
+    fn conceal(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn epoch(&self) -> u64 {
+        crate::sys::process_epoch()
+    }
+}
+
+/// Memory left open with no reader counted (here by a failed conceal) and a writer getting in:
+/// a reader holding another secret, which passes `WRITER_WAITING` on the fast path, must not
+/// join while the writer makes the memory writable; it waits for the write instead.
+#[test]
+fn a_writer_getting_in_shuts_out_fast_joiners_before_exposing() {
+    struct Racing {
+        access: Access,
+        gate: RacingGate,
+    }
+    let shared = Arc::new(Racing {
+        access: Access::new(),
+        gate: RacingGate {
+            during_write_exposure: std::sync::Mutex::new(None),
+        },
+    });
+    // OPEN with no reader: what a conceal that failed leaves.
+    shared.access.state.store(OPEN, Ordering::SeqCst);
+    let (joined_tx, joined_rx) = mpsc::channel();
+    let racer = Arc::clone(&shared);
+    *shared.gate.during_write_exposure.lock().unwrap() = Some(Box::new(move || {
+        let reader = thread::spawn(move || {
+            let held = racer
+                .access
+                .read(&racer.gate, Entry::HoldingAnother, None)
+                .unwrap();
+            joined_tx.send(readers(racer.access.state())).unwrap();
+            held.finish().unwrap();
+        });
+        // Either the reader joined already (the bug) or it waits for the mutex this writer holds.
+        let joined_early = (0..200).any(|_| {
+            thread::sleep(Duration::from_millis(1));
+            reader.is_finished()
+        });
+        assert!(
+            !joined_early,
+            "a reader joined memory a writer was exposing"
+        );
+    }));
+    let held = shared.access.write(&shared.gate).unwrap();
+    assert_eq!(
+        readers(shared.access.state()),
+        0,
+        "a reader counted beside the writer"
+    );
+    held.finish().unwrap();
+    let readers_with_it = expect_signal(&joined_rx, "the reader got in after the write");
+    assert_eq!(readers_with_it, 1);
+}

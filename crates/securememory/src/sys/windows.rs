@@ -305,8 +305,8 @@ pub(super) fn write_lock_limit(
 ) -> std::fmt::Result {
     let _ = limit;
     f.write_str(
-        "the working set has no room for more locked pages; raise its minimum \
-         (`SetProcessWorkingSetSize`) or its job object's limit",
+        "the working set is full (VirtualLock); raise it (`SetProcessWorkingSetSize`, the job \
+         object's limit)",
     )
 }
 

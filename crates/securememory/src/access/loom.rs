@@ -251,10 +251,7 @@ fn loom_reader_holding_another_access_racing_a_writer_over_open_memory() {
             let (s, writers_inside, readers_inside) =
                 (s.clone(), writers_inside.clone(), readers_inside.clone());
             thread::spawn(move || {
-                let held = s
-                    .access
-                    .read(&s.gate, Entry::HoldingAnother, None)
-                    .unwrap();
+                let held = s.access.read(&s.gate, Entry::HoldingAnother, None).unwrap();
                 readers_inside.fetch_add(1, SeqCst);
                 assert_eq!(writers_inside.load(SeqCst), 0, "a reader beside a writer");
                 s.gate.assert_readable();

@@ -131,7 +131,13 @@ fuzz_target!(|data: &[u8]| {
                 let available = input.len();
                 let fail = input.byte() & 1 == 1;
                 let bytes: Vec<u8> = (0..available).map(|_| input.byte()).collect();
-                let made = factory.from_reader(FlakyReader { bytes: &bytes, fail }, len);
+                let made = factory.from_reader(
+                    FlakyReader {
+                        bytes: &bytes,
+                        fail,
+                    },
+                    len,
+                );
                 match made {
                     Ok(secret) => {
                         assert!(len > 0 && available >= len);
@@ -157,7 +163,10 @@ fuzz_target!(|data: &[u8]| {
                     kept = kept.strip_suffix(b"\r").unwrap_or(kept);
                 }
                 let made = factory.from_reader_until(
-                    FlakyReader { bytes: &bytes, fail },
+                    FlakyReader {
+                        bytes: &bytes,
+                        fail,
+                    },
                     delimiter,
                     max,
                 );
@@ -192,9 +201,8 @@ fuzz_target!(|data: &[u8]| {
             4 => {
                 let delta = input.byte();
                 if let Some(secret) = &secrets[slot] {
-                    let written = secret.with_bytes_mut(|b| {
-                        b.iter_mut().for_each(|x| *x = x.wrapping_add(delta))
-                    });
+                    let written = secret
+                        .with_bytes_mut(|b| b.iter_mut().for_each(|x| *x = x.wrapping_add(delta)));
                     match (&mut model[slot], written) {
                         (Model::Open(bytes), Ok(())) => {
                             bytes.iter_mut().for_each(|x| *x = x.wrapping_add(delta))
@@ -207,7 +215,9 @@ fuzz_target!(|data: &[u8]| {
             5 => {
                 let other = input.slot();
                 if let (Some(a), Some(b)) = (&secrets[slot], &secrets[other]) {
-                    let got = a.with_bytes(|_| (b.with_bytes(|_| ()), b.with_bytes_mut(|_| ()), a.close()));
+                    let got = a.with_bytes(|_| {
+                        (b.with_bytes(|_| ()), b.with_bytes_mut(|_| ()), a.close())
+                    });
                     if let Ok((read, write, close)) = got {
                         if matches!(model[other], Model::Open(_)) {
                             assert!(read.is_ok());

@@ -21,7 +21,9 @@ use std::sync::Arc;
 /// The bytes are readable only inside [`with_bytes`](Secret::with_bytes) (and writable only inside
 /// [`with_bytes_mut`](Secret::with_bytes_mut)); the rest of the time their pages are
 /// inaccessible, so a stray read faults. The memory is locked (never swapped), excluded from core
-/// dumps and from forked children, and wiped when the secret is closed or dropped.
+/// dumps and from forked children, and wiped when the secret is closed or dropped. Under
+/// [`Strategy::Sealed`](crate::Strategy::Sealed) the bytes rest as ciphertext instead, and an
+/// access decrypts them into the calling thread's scratch area for the duration of the callback.
 ///
 /// Share a secret between threads with [`std::sync::Arc`]: readers on different threads overlap.
 /// Under [`Strategy::ProtectionKey`](crate::Strategy::ProtectionKey) a read makes no system call
@@ -315,7 +317,10 @@ impl Secret {
     /// [`Error::Reentrant`] inside [`with_bytes_mut`](Secret::with_bytes_mut) of the same secret
     /// on the same thread; [`Error::Forked`] in a forked child; [`Error::Os`] when the memory
     /// cannot be made readable, or cannot be made inaccessible again afterwards (the closure
-    /// has then run; the failure is retried by the next access and by `close`).
+    /// has then run; the failure is retried by the next access and by `close`);
+    /// [`Error::Corrupted`] when a sealed secret's ciphertext fails authentication (the closure
+    /// is not run; see [`OnCorruption`](crate::OnCorruption)); what making the thread's scratch
+    /// area can meet, on a thread's first access to a sealed secret.
     ///
     /// # Panics
     /// A panic in `action` propagates after the access is released.

@@ -666,7 +666,7 @@ impl Secret {
     }
 
     /// Where the bytes are kept, for the library's own tests.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn store(&self) -> &Store {
         &self.shared.store
     }

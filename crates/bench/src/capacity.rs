@@ -390,6 +390,38 @@ pub fn measurement(
     command
 }
 
+/// A copy of a binary that `nobody` may run, removed when dropped: the build directory may lie
+/// under one that only its owner may enter (a private temporary or home directory).
+struct RunnableCopy {
+    dir: std::path::PathBuf,
+    exe: std::path::PathBuf,
+}
+
+impl RunnableCopy {
+    fn of(exe: &Path) -> io::Result<RunnableCopy> {
+        use std::os::unix::fs::PermissionsExt;
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("securememory-capacity-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir)?;
+        let copy = RunnableCopy {
+            exe: dir.join("capacity"),
+            dir,
+        };
+        std::fs::set_permissions(&copy.dir, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::copy(exe, &copy.exe)?;
+        std::fs::set_permissions(&copy.exe, std::fs::Permissions::from_mode(0o755))?;
+        Ok(copy)
+    }
+}
+
+impl Drop for RunnableCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Runs a [`measurement`] and reads its result.
 ///
 /// # Errors
@@ -401,6 +433,14 @@ pub fn run_measurement(
     read_back: bool,
     unprivileged: Option<u64>,
 ) -> io::Result<Capacity> {
+    // SAFETY: `geteuid` cannot fail and touches no memory.
+    let as_nobody = unprivileged.is_some() && unsafe { libc::geteuid() } == 0;
+    let copy = if as_nobody {
+        Some(RunnableCopy::of(exe)?)
+    } else {
+        None
+    };
+    let exe = copy.as_ref().map_or(exe, |copy| copy.exe.as_path());
     let output = measurement(exe, strategy, count, read_back, unprivileged).output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {

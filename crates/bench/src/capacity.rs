@@ -433,6 +433,14 @@ pub fn run_measurement(
     read_back: bool,
     unprivileged: Option<u64>,
 ) -> io::Result<Capacity> {
+    // Copying a binary and running it, while another thread forks, fails with ETXTBSY: the
+    // forked child holds the copy's descriptor, still open for writing, until it execs. The
+    // copy and the start of the child (`spawn` returns once it has exec'd) are made one at a
+    // time.
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let starting = STARTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // SAFETY: `geteuid` cannot fail and touches no memory.
     let as_nobody = unprivileged.is_some() && unsafe { libc::geteuid() } == 0;
     let copy = if as_nobody {
@@ -441,7 +449,13 @@ pub fn run_measurement(
         None
     };
     let exe = copy.as_ref().map_or(exe, |copy| copy.exe.as_path());
-    let output = measurement(exe, strategy, count, read_back, unprivileged).output()?;
+    let mut command = measurement(exe, strategy, count, read_back, unprivileged);
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(starting);
+    let output = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         return Err(io::Error::other(format!(

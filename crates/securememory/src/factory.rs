@@ -305,25 +305,18 @@ impl ProtectedMemorySecretFactory {
         let anonymous = || map(Memory::Anonymous);
         let secret_memory = || map(Memory::SecretMem);
         let mut gave_up_secretmem = false;
-        let made = match self.backing {
-            Backing::Anonymous => anonymous(),
-            Backing::SecretMem => {
-                crate::system::check_secret_memory().and_then(|()| secret_memory())
-            }
-            Backing::Auto => match sys::secretmem_support() {
-                SecretMemSupport::Available => match secret_memory() {
-                    // Secret memory is charged to RLIMIT_MEMLOCK; past it, anonymous memory
-                    // may still be had (unlocked) when the policy allows.
-                    Err(Error::MemoryLockLimit { .. }) if mlock != MlockPolicy::Required => {
-                        gave_up_secretmem = true;
-                        anonymous()
-                    }
-                    made => made,
-                },
-                SecretMemSupport::Unavailable(_) => anonymous(),
-                // A momentary shortage (descriptors, memory) is reported, not papered over with
-                // weaker memory.
-                SecretMemSupport::Failed(error) => Err(error.into()),
+        let made = match self.preferred_memory()? {
+            Memory::Anonymous => anonymous(),
+            Memory::SecretMem => match secret_memory() {
+                // Secret memory is charged to RLIMIT_MEMLOCK; past it, `Auto` may still have
+                // anonymous memory (unlocked) when the policy allows.
+                Err(Error::MemoryLockLimit { .. })
+                    if self.backing == Backing::Auto && mlock != MlockPolicy::Required =>
+                {
+                    gave_up_secretmem = true;
+                    anonymous()
+                }
+                made => made,
             },
         };
         let (region, protection) = made.map_err(|error| match error {
@@ -394,8 +387,11 @@ impl ProtectedMemorySecretFactory {
         });
     }
 
-    /// The memory a sealed secret's key and scratch areas live in, under this factory's backing.
-    fn sealed_memory(&self) -> Result<Memory, Error> {
+    /// The memory this factory's backing asks for on this machine: what a mapped secret tries
+    /// first, and where a sealed secret's key and scratch areas live. `Auto` takes secret
+    /// memory where the kernel offers it; a momentary shortage (descriptors, memory) is
+    /// reported, not papered over with weaker memory.
+    fn preferred_memory(&self) -> Result<Memory, Error> {
         match self.backing {
             Backing::Anonymous => Ok(Memory::Anonymous),
             Backing::SecretMem => crate::system::check_secret_memory().map(|()| Memory::SecretMem),
@@ -417,7 +413,7 @@ impl ProtectedMemorySecretFactory {
     ) -> Result<Secret, E> {
         let started = Instant::now();
         Sealed::check_len(len)?;
-        let keeper = Keeper::get(self.sealed_memory()?)?;
+        let keeper = Keeper::get(self.preferred_memory()?)?;
         let mut plaintext = Plaintext::take(keeper.memory(), len)?;
         fill(plaintext.bytes_mut())?;
         let sealed = Sealed::seal(keeper, plaintext, crate::secret::no_window_open())?;

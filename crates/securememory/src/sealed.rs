@@ -138,7 +138,8 @@ fn clear_vector_registers() {
         );
     }
     #[cfg(target_arch = "aarch64")]
-    // SAFETY: as above, for the NEON registers the cipher uses.
+    // SAFETY: as above, for all 32 NEON registers (the ABI restores only the low halves of
+    // v8-v15 on return, so the cipher's use of them leaves their high halves behind).
     unsafe {
         std::arch::asm!(
             "movi v0.16b, #0",
@@ -149,6 +150,14 @@ fn clear_vector_registers() {
             "movi v5.16b, #0",
             "movi v6.16b, #0",
             "movi v7.16b, #0",
+            "movi v8.16b, #0",
+            "movi v9.16b, #0",
+            "movi v10.16b, #0",
+            "movi v11.16b, #0",
+            "movi v12.16b, #0",
+            "movi v13.16b, #0",
+            "movi v14.16b, #0",
+            "movi v15.16b, #0",
             "movi v16.16b, #0",
             "movi v17.16b, #0",
             "movi v18.16b, #0",
@@ -167,6 +176,8 @@ fn clear_vector_registers() {
             "movi v31.16b, #0",
             out("v0") _, out("v1") _, out("v2") _, out("v3") _,
             out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+            out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+            out("v12") _, out("v13") _, out("v14") _, out("v15") _,
             out("v16") _, out("v17") _, out("v18") _, out("v19") _,
             out("v20") _, out("v21") _, out("v22") _, out("v23") _,
             out("v24") _, out("v25") _, out("v26") _, out("v27") _,

@@ -65,7 +65,7 @@
 //! another secret, taken in opposite orders by two threads, deadlocks. Take write accesses of
 //! several secrets in one global order.
 
-use crate::error::{Error, Operation};
+use crate::error::Error;
 use crate::sync::{light_barrier, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 use std::time::Duration;
 
@@ -126,7 +126,7 @@ pub(crate) trait Gate {
 }
 
 /// `close` has started: no new access may begin.
-const CLOSED: usize = 1 << 0;
+const CLOSED: usize = 1;
 /// A writer holds the memory exclusively.
 const WRITING: usize = 1 << 1;
 /// At least one writer is waiting: new readers queue behind it instead of joining, so a stream
@@ -141,7 +141,9 @@ const RELEASED: usize = 1 << 4;
 /// Some reader has published a read of this secret in its thread's line (see [`slots`]), so
 /// writers and `close` must look for published readers.
 const PUBLISHED: usize = 1 << 5;
-/// One reader; the count occupies the bits from here up.
+/// One reader; the count occupies the bits from here up. It cannot overflow: a thread counts at
+/// most one read of a secret (its nested reads are not counted) and holds it in a frame of its
+/// stack, and no process has 2^26 threads (the count's room on 32-bit targets, 2^58 on 64-bit).
 const ONE_READER: usize = 1 << 6;
 
 /// What keeps a fresh reader off the fast path (besides memory that is not open).
@@ -405,7 +407,7 @@ impl Access {
         // Relaxed: only a first guess for the CAS below, which acquires.
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
-            if state & (blockers | OPEN) != OPEN || state > usize::MAX - ONE_READER {
+            if state & (blockers | OPEN) != OPEN {
                 return false;
             }
             // Acquire pairs with the Release that published OPEN after the protection change
@@ -467,11 +469,6 @@ impl Access {
                 }
                 self.changed.wait(waiting);
                 continue;
-            }
-            if state > usize::MAX - ONE_READER {
-                return Err(Error::Reentrant {
-                    operation: Operation::WithBytes,
-                });
             }
             if state & OPEN != 0 {
                 if self

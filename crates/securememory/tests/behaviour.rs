@@ -474,6 +474,28 @@ fn underflow_inside_the_page_is_caught_by_the_canary() {
     }
 }
 
+/// A stray fill of the bytes below a secret (a `memset` of zeros or of ones that starts early)
+/// is caught whatever it writes: the canary is not a value such a fill would leave unchanged.
+#[test]
+fn an_underflow_filling_the_canary_with_zeros_or_ones_is_caught() {
+    for (name, factory) in factories() {
+        for fill in [0x00, 0xff] {
+            let secret = factory.new(&mut [4; 32]).unwrap();
+            let result = secret.with_bytes_mut(|bytes| {
+                let canary_len = 16;
+                let below: *mut u8 =
+                    std::ptr::with_exposed_provenance_mut(bytes.as_ptr() as usize - canary_len);
+                // SAFETY: (test) the 16 bytes below a 32-byte secret are in its data page.
+                unsafe { std::ptr::write_bytes(below, fill, canary_len) };
+            });
+            assert!(
+                matches!(result, Err(Error::Corrupted)),
+                "{name}, fill {fill:#x}: {result:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_secret_that_fills_its_pages_needs_no_canary() {
     let secret = common::default_factory().create_random(4096).unwrap();

@@ -297,6 +297,42 @@ fn dropping_a_held_access_releases_it() {
     assert_eq!(access.state(), 0);
 }
 
+/// The fast path itself: a reader that finds the memory open joins with no lock and no
+/// protection change. Checked by joining while another thread holds the mutex, which a reader
+/// on the slow path would wait for.
+#[test]
+fn readers_join_open_memory_without_taking_the_mutex() {
+    for entry in [Entry::Fresh, Entry::HoldingAnother] {
+        let shared = shared();
+        let (holder_in, holder_leave, holder) = spawn_reader(&shared, Entry::Fresh);
+        expect_signal(&holder_in, "the first reader got in").unwrap();
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let (unlock_tx, unlock_rx) = mpsc::channel::<()>();
+        let locker = {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || {
+                let _waiting = shared.access.waiting.lock();
+                locked_tx.send(()).unwrap();
+                let _ = unlock_rx.recv();
+            })
+        };
+        expect_signal(&locked_rx, "the mutex is held");
+        let (joiner_in, joiner_leave, joiner) = spawn_reader(&shared, entry);
+        let joined = joiner_in.recv_timeout(DEADLINE);
+        unlock_tx.send(()).unwrap();
+        locker.join().unwrap();
+        joined
+            .unwrap_or_else(|_| panic!("a {entry:?} reader waited for the mutex to join"))
+            .unwrap();
+        assert_eq!(readers(shared.access.state()), 2);
+        assert_eq!(shared.gate.opens.load(Ordering::SeqCst), 1, "it joined");
+        drop((holder_leave, joiner_leave));
+        holder.join().unwrap();
+        joiner.join().unwrap();
+        assert_idle(&shared.access);
+    }
+}
+
 #[test]
 fn nested_read_joins_while_a_read_is_held() {
     let access = Access::new();

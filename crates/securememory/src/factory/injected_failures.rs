@@ -133,6 +133,30 @@ fn failures_making_protection_key_secrets_leave_nothing_behind() {
     }
 }
 
+/// A region whose pages could not be committed is unmapped as it is. Making its pages writable
+/// to wipe them, as the teardown of a filled region does, would be refused by the same shortage
+/// that failed the commit, and leave the reservation mapped.
+#[test]
+fn a_region_whose_commit_failed_is_unmapped_without_touching_its_pages() {
+    common::in_child_process!();
+    fault::take_reservations();
+    fault::fail_next(Op::Commit, libc::ENOMEM);
+    fault::fail_next(Op::Protect, libc::ENOMEM);
+    factory(Backing::Anonymous).create_random(48).unwrap_err();
+    assert_eq!(
+        fault::take_planned(),
+        [Op::Protect],
+        "the protection of the unfilled region was changed"
+    );
+    let reservations = fault::take_reservations();
+    assert_eq!(reservations.len(), 1);
+    for (addr, len) in reservations {
+        for offset in (0..len).step_by(sys::page_size()) {
+            assert!(!common::is_mapped(addr + offset), "{:#x} still mapped", addr + offset);
+        }
+    }
+}
+
 #[test]
 fn a_failed_unlock_on_close_does_not_hide_a_corrupted_canary() {
     let secret = factory(Backing::Anonymous).create_random(32).unwrap();

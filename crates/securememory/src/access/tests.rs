@@ -884,20 +884,77 @@ fn close_waits_for_a_published_reader_and_refuses_new_ones() {
         })
     };
     wait_until("close starts", || shared.access.is_closed());
-    let (late_in, _late_leave, late) = spawn_line_reader(&shared, Entry::Fresh);
-    assert!(matches!(
-        expect_signal(&late_in, "the late reader was answered"),
-        Err(Error::Closed)
-    ));
+    for entry in [Entry::Fresh, Entry::HoldingAnother] {
+        let (late_in, late_leave, late) = spawn_line_reader(&shared, entry);
+        let answer = expect_signal(&late_in, "the late reader was answered");
+        drop(late_leave);
+        late.join().unwrap();
+        assert!(matches!(answer, Err(Error::Closed)), "{entry:?}: {answer:?}");
+    }
     assert!(closed_rx.try_recv().is_err(), "close did not wait");
     assert!(!shared.gate.torn_down.load(Ordering::SeqCst));
     reader_leave.send(()).unwrap();
     expect_signal(&closed_rx, "close returned").unwrap();
     assert!(shared.gate.torn_down.load(Ordering::SeqCst));
-    for thread in [reader, closer, late] {
+    for thread in [reader, closer] {
         thread.join().unwrap();
     }
     assert!(!published(&shared.access));
+}
+
+/// Under page protection too, a reader arriving while `close` waits for the readers inside is
+/// refused, even one that holds another secret's access (which passes a waiting writer) and
+/// finds the memory open.
+#[test]
+fn close_refuses_readers_arriving_while_it_waits_whatever_they_hold() {
+    let shared = shared();
+    let (holder_in, holder_leave, holder) = spawn_reader(&shared, Entry::Fresh);
+    expect_signal(&holder_in, "the first reader got in").unwrap();
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let closer = {
+        let shared = Arc::clone(&shared);
+        thread::spawn(move || {
+            let result = shared.access.close(&shared.gate, || Ok(()));
+            closed_tx.send(result).unwrap();
+        })
+    };
+    wait_until("close starts", || shared.access.is_closed());
+    for entry in [Entry::Fresh, Entry::HoldingAnother] {
+        let (late_in, late_leave, late) = spawn_reader(&shared, entry);
+        let answer = expect_signal(&late_in, "the late reader was answered");
+        drop(late_leave);
+        late.join().unwrap();
+        assert!(matches!(answer, Err(Error::Closed)), "{entry:?}: {answer:?}");
+    }
+    assert!(closed_rx.try_recv().is_err(), "close did not wait");
+    holder_leave.send(()).unwrap();
+    expect_signal(&closed_rx, "close returned").unwrap();
+    for thread in [holder, closer] {
+        thread.join().unwrap();
+    }
+}
+
+/// Where memory opens per thread, a reader arriving during a write waits for it, whatever it
+/// holds: there is no `OPEN` to keep it out, only the writer's flag.
+#[test]
+fn published_readers_wait_for_a_write_in_progress() {
+    for entry in [Entry::Fresh, Entry::HoldingAnother] {
+        let shared = per_thread();
+        let (writer_in, writer_leave, writer) = spawn_per_thread_writer(&shared);
+        expect_signal(&writer_in, "the writer got in");
+        let (reader_in, reader_leave, reader) = spawn_line_reader(&shared, entry);
+        wait_until("the reader queues behind the write", || {
+            readers_queued(&shared.access) == 1
+        });
+        assert!(reader_in.try_recv().is_err(), "{entry:?}: got in during a write");
+        writer_leave.send(()).unwrap();
+        expect_signal(&reader_in, "the reader got in").unwrap();
+        reader_leave.send(()).unwrap();
+        for thread in [writer, reader] {
+            thread.join().unwrap();
+        }
+        assert_idle(&shared.access);
+    }
 }
 
 /// A shared gate whose exposure for writing first lets a test run something (another thread's

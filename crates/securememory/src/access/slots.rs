@@ -152,6 +152,8 @@ fn decide_publication_barrier() {
 /// published before the flag visible to this thread's scan. Returns whether every thread of the
 /// process was made to fence, so that a reader leaving from now on sees the flag.
 pub(crate) fn see_publications() -> bool {
+    #[cfg(all(test, not(loom)))]
+    SEEN_BY_THIS_THREAD.with(|seen| seen.set(seen.get() + 1));
     if barrier_all_threads() {
         return true;
     }
@@ -161,6 +163,18 @@ pub(crate) fn see_publications() -> bool {
         settle_unfenced_publications();
     }
     false
+}
+
+#[cfg(all(test, not(loom)))]
+thread_local! {
+    static SEEN_BY_THIS_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times this thread has called [`see_publications`] (a barrier on every thread, where
+/// the OS has one), for tests of what spares it.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn publications_seen_by_this_thread() -> usize {
+    SEEN_BY_THIS_THREAD.with(|seen| seen.get())
 }
 
 /// Readers publish without a fence, but the barrier that made that safe is refused now (a

@@ -807,6 +807,65 @@ fn published_reads_write_the_state_word_once_per_secret() {
     assert_eq!(shared.access.state(), PUBLISHED);
 }
 
+/// Writers and `close` of a secret that no reader ever published skip the scan of every
+/// thread's line, and the barrier on every thread before it (a system call that interrupts them
+/// all).
+#[test]
+fn writers_and_close_look_for_published_readers_only_after_a_publication() {
+    let never_read = per_thread();
+    let before = slots::publications_seen_by_this_thread();
+    never_read
+        .access
+        .write(&never_read.gate)
+        .unwrap()
+        .finish()
+        .unwrap();
+    never_read.access.close(&never_read.gate, || Ok(())).unwrap();
+    assert_eq!(slots::publications_seen_by_this_thread(), before);
+
+    let read = per_thread();
+    let line = this_threads_line(read.gate.epoch());
+    let held = read.access.read(&read.gate, Entry::Fresh, line).unwrap();
+    held.finish().unwrap();
+    read.access.write(&read.gate).unwrap().finish().unwrap();
+    assert!(slots::publications_seen_by_this_thread() > before);
+}
+
+/// A published read begins and ends without the mutex while no writer or closer waits: it
+/// writes nothing but its own line.
+#[test]
+fn published_reads_begin_and_end_without_taking_the_mutex() {
+    let shared = per_thread();
+    let (locked_tx, locked_rx) = mpsc::channel();
+    let (unlock_tx, unlock_rx) = mpsc::channel::<()>();
+    let locker = {
+        let shared = Arc::clone(&shared);
+        thread::spawn(move || {
+            let _waiting = shared.access.waiting.lock();
+            locked_tx.send(()).unwrap();
+            let _ = unlock_rx.recv();
+        })
+    };
+    expect_signal(&locked_rx, "the mutex is held");
+    let (done_tx, done_rx) = mpsc::channel();
+    let reader = {
+        let shared = Arc::clone(&shared);
+        thread::spawn(move || {
+            let line = this_threads_line(shared.gate.epoch());
+            for _ in 0..2 {
+                let held = shared.access.read(&shared.gate, Entry::Fresh, line).unwrap();
+                held.finish().unwrap();
+            }
+            done_tx.send(()).unwrap();
+        })
+    };
+    let done = done_rx.recv_timeout(DEADLINE);
+    unlock_tx.send(()).unwrap();
+    locker.join().unwrap();
+    reader.join().unwrap();
+    done.expect("a published read waited for the mutex");
+}
+
 #[test]
 fn a_writer_waits_for_published_readers_and_fresh_readers_queue_behind_it() {
     let shared = per_thread();

@@ -820,7 +820,10 @@ fn writers_and_close_look_for_published_readers_only_after_a_publication() {
         .unwrap()
         .finish()
         .unwrap();
-    never_read.access.close(&never_read.gate, || Ok(())).unwrap();
+    never_read
+        .access
+        .close(&never_read.gate, || Ok(()))
+        .unwrap();
     assert_eq!(slots::publications_seen_by_this_thread(), before);
 
     let read = per_thread();
@@ -853,7 +856,10 @@ fn published_reads_begin_and_end_without_taking_the_mutex() {
         thread::spawn(move || {
             let line = this_threads_line(shared.gate.epoch());
             for _ in 0..2 {
-                let held = shared.access.read(&shared.gate, Entry::Fresh, line).unwrap();
+                let held = shared
+                    .access
+                    .read(&shared.gate, Entry::Fresh, line)
+                    .unwrap();
                 held.finish().unwrap();
             }
             done_tx.send(()).unwrap();
@@ -948,7 +954,10 @@ fn close_waits_for_a_published_reader_and_refuses_new_ones() {
         let answer = expect_signal(&late_in, "the late reader was answered");
         drop(late_leave);
         late.join().unwrap();
-        assert!(matches!(answer, Err(Error::Closed)), "{entry:?}: {answer:?}");
+        assert!(
+            matches!(answer, Err(Error::Closed)),
+            "{entry:?}: {answer:?}"
+        );
     }
     assert!(closed_rx.try_recv().is_err(), "close did not wait");
     assert!(!shared.gate.torn_down.load(Ordering::SeqCst));
@@ -983,7 +992,10 @@ fn close_refuses_readers_arriving_while_it_waits_whatever_they_hold() {
         let answer = expect_signal(&late_in, "the late reader was answered");
         drop(late_leave);
         late.join().unwrap();
-        assert!(matches!(answer, Err(Error::Closed)), "{entry:?}: {answer:?}");
+        assert!(
+            matches!(answer, Err(Error::Closed)),
+            "{entry:?}: {answer:?}"
+        );
     }
     assert!(closed_rx.try_recv().is_err(), "close did not wait");
     holder_leave.send(()).unwrap();
@@ -1005,7 +1017,10 @@ fn published_readers_wait_for_a_write_in_progress() {
         wait_until("the reader queues behind the write", || {
             readers_queued(&shared.access) == 1
         });
-        assert!(reader_in.try_recv().is_err(), "{entry:?}: got in during a write");
+        assert!(
+            reader_in.try_recv().is_err(),
+            "{entry:?}: got in during a write"
+        );
         writer_leave.send(()).unwrap();
         expect_signal(&reader_in, "the reader got in").unwrap();
         reader_leave.send(()).unwrap();

@@ -152,7 +152,11 @@ fn a_region_whose_commit_failed_is_unmapped_without_touching_its_pages() {
     assert_eq!(reservations.len(), 1);
     for (addr, len) in reservations {
         for offset in (0..len).step_by(sys::page_size()) {
-            assert!(!common::is_mapped(addr + offset), "{:#x} still mapped", addr + offset);
+            assert!(
+                !common::is_mapped(addr + offset),
+                "{:#x} still mapped",
+                addr + offset
+            );
         }
     }
 }

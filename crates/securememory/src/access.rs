@@ -458,9 +458,9 @@ impl Access {
             // An overdue reader, or one holding another secret's access, passes a waiting writer.
             let overdue = since.is_some_and(|phase| phase != waiting.phase);
             let blockers = if overdue || entry == Entry::HoldingAnother {
-                WRITING
+                HOLDING_ANOTHER_BLOCKERS
             } else {
-                WRITING | WRITER_WAITING
+                FRESH_BLOCKERS
             };
             if state & blockers != 0 {
                 if since.is_none() {
@@ -487,7 +487,7 @@ impl Access {
             }
             debug_assert_eq!(readers(state), 0, "readers are counted only while OPEN");
             gate.expose(Mode::Read)?;
-            return self.publish(state, OPEN + ONE_READER, gate);
+            return self.publish_first_reader(state, gate);
         }
     }
 
@@ -504,9 +504,10 @@ impl Access {
         }
     }
 
-    /// After opening the memory with the mutex held: add `bits` to the state unless `close`
-    /// started meanwhile, in which case the memory is closed again and the access refused.
-    fn publish<G: Gate>(&self, mut state: usize, bits: usize, gate: &G) -> Result<(), Error> {
+    /// After opening the memory for a first reader with the mutex held: count the reader and
+    /// mark the memory open unless `close` started meanwhile, in which case the memory is closed
+    /// again and the access refused.
+    fn publish_first_reader<G: Gate>(&self, mut state: usize, gate: &G) -> Result<(), Error> {
         loop {
             if state & CLOSED != 0 {
                 if let Err(error) = gate.conceal() {
@@ -516,10 +517,14 @@ impl Access {
                 }
                 return Err(Error::Closed);
             }
+            // Neither OPEN nor a reader can appear while the mutex is held: readers join on
+            // their own only when OPEN is set, and the rest take the mutex.
+            debug_assert_eq!(state & OPEN, 0);
+            debug_assert_eq!(readers(state), 0);
             // Release publishes the protection change to readers joining on the fast path.
             match self.state.compare_exchange(
                 state,
-                (state | bits) & !(OPEN & !bits),
+                state + OPEN + ONE_READER,
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {

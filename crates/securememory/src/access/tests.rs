@@ -243,6 +243,31 @@ fn failed_reprotect_after_write_is_remembered() {
     access.close(&gate, || Ok(())).unwrap();
 }
 
+/// A writer that fails to make memory writable leaves it as it found it: memory a failed
+/// conceal left open is still readable, and the next reader joins it without opening it again.
+#[test]
+fn failed_write_exposure_leaves_open_memory_open() {
+    let access = Access::new();
+    let gate = FakeGate::default();
+    gate.fail_close.set(true);
+    assert!(access
+        .read(&gate, Entry::Fresh, None)
+        .unwrap()
+        .finish()
+        .is_err());
+    gate.fail_close.set(false);
+    gate.fail_open.set(true);
+    assert!(access.write(&gate).is_err());
+    gate.fail_open.set(false);
+    assert_eq!(gate.open_for.get(), Some(Mode::Read));
+    let opens = gate.opens.get();
+    let held = access.read(&gate, Entry::Fresh, None).unwrap();
+    assert_eq!(gate.opens.get(), opens, "the open memory was opened again");
+    held.finish().unwrap();
+    assert_eq!(gate.open_for.get(), None);
+    assert_eq!(access.state(), 0);
+}
+
 #[test]
 fn failed_open_leaves_no_reader_counted() {
     let access = Access::new();
@@ -286,6 +311,53 @@ fn close_refuses_new_accesses_and_runs_teardown_once() {
     assert_eq!(gate.opens.get(), 0);
 }
 
+/// A second `close` arriving while the first one waits for a reader returns only after the
+/// first one's teardown: a caller whose `close` returned may rely on the memory being gone.
+#[test]
+fn a_second_close_returns_only_after_the_first_ones_teardown() {
+    let shared = shared();
+    let torn_down = Arc::new(AtomicBool::new(false));
+    let (reader_in, reader_leave, reader) = spawn_reader(&shared, Entry::Fresh);
+    expect_signal(&reader_in, "the reader got in").unwrap();
+    let spawn_closer = |teardown: fn(&AtomicBool) -> Result<(), Error>| {
+        let shared = Arc::clone(&shared);
+        let torn_down = Arc::clone(&torn_down);
+        let (returned_tx, returned) = mpsc::channel();
+        let closer = thread::spawn(move || {
+            let result = shared.access.close(&shared.gate, || teardown(&torn_down));
+            returned_tx.send(torn_down.load(Ordering::SeqCst)).unwrap();
+            result
+        });
+        (returned, closer)
+    };
+    let (first_returned, first) = spawn_closer(|torn_down| {
+        torn_down.store(true, Ordering::SeqCst);
+        Ok(())
+    });
+    wait_until("the first close starts", || shared.access.is_closed());
+    let (second_returned, second) = spawn_closer(|_| panic!("teardown ran twice"));
+    // Neither close can be seen waiting; give the second time to return early if it would.
+    let early = second_returned.recv_timeout(Duration::from_millis(200));
+    assert!(
+        early.is_err(),
+        "the second close returned while a reader was inside"
+    );
+    assert!(
+        first_returned.try_recv().is_err(),
+        "the first close did not wait"
+    );
+    reader_leave.send(()).unwrap();
+    for (returned, which) in [(first_returned, "first"), (second_returned, "second")] {
+        assert!(
+            expect_signal(&returned, "a close returned"),
+            "the {which} close returned before the teardown"
+        );
+    }
+    first.join().unwrap().unwrap();
+    second.join().unwrap().unwrap();
+    reader.join().unwrap();
+}
+
 #[test]
 fn dropping_a_held_access_releases_it() {
     let access = Access::new();
@@ -319,14 +391,24 @@ fn readers_join_open_memory_without_taking_the_mutex() {
         expect_signal(&locked_rx, "the mutex is held");
         let (joiner_in, joiner_leave, joiner) = spawn_reader(&shared, entry);
         let joined = joiner_in.recv_timeout(DEADLINE);
+        // A reader that is not the last one out leaves without the mutex too.
+        let left = joined.is_ok() && {
+            drop(joiner_leave);
+            let start = Instant::now();
+            while !joiner.is_finished() && start.elapsed() < DEADLINE {
+                thread::yield_now();
+            }
+            joiner.is_finished()
+        };
         unlock_tx.send(()).unwrap();
         locker.join().unwrap();
         joined
             .unwrap_or_else(|_| panic!("a {entry:?} reader waited for the mutex to join"))
             .unwrap();
-        assert_eq!(readers(shared.access.state()), 2);
+        assert!(left, "a {entry:?} reader waited for the mutex to leave");
+        assert_eq!(readers(shared.access.state()), 1);
         assert_eq!(shared.gate.opens.load(Ordering::SeqCst), 1, "it joined");
-        drop((holder_leave, joiner_leave));
+        drop(holder_leave);
         holder.join().unwrap();
         joiner.join().unwrap();
         assert_idle(&shared.access);
@@ -683,6 +765,7 @@ fn ending_an_inherited_access_returns_forked_and_touches_nothing() {
 #[derive(Default)]
 struct PerThreadGate {
     torn_down: AtomicBool,
+    fail_next_open: AtomicBool,
 }
 
 impl Gate for PerThreadGate {
@@ -691,6 +774,9 @@ impl Gate for PerThreadGate {
             !self.torn_down.load(Ordering::SeqCst),
             "opened after teardown"
         );
+        if self.fail_next_open.swap(false, Ordering::SeqCst) {
+            return Err(Error::os("pkey_mprotect", io::Error::from_raw_os_error(12)));
+        }
         Ok(())
     }
     fn conceal(&self) -> Result<(), Error> {
@@ -768,6 +854,68 @@ fn spawn_per_thread_writer(
         held.finish().unwrap();
     });
     (entered_rx, leave_tx, handle)
+}
+
+/// Where memory opens per thread, a reader counted in the state word (it had no line) leaves
+/// the memory open for the next one when it is the last out: there is nothing to conceal.
+/// With a writer waiting it wakes the writer instead.
+#[test]
+fn the_last_counted_reader_leaves_per_thread_memory_open_unless_a_writer_waits() {
+    let shared = per_thread();
+    let held = shared
+        .access
+        .read(&shared.gate, Entry::Fresh, None)
+        .unwrap();
+    assert_eq!(readers(shared.access.state()), 1);
+    held.finish().unwrap();
+    assert_eq!(shared.access.state(), OPEN, "the memory was not left open");
+
+    let (entered_tx, entered) = mpsc::channel();
+    let (leave_tx, leave) = mpsc::channel::<()>();
+    let reader = {
+        let shared = Arc::clone(&shared);
+        thread::spawn(move || {
+            let held = shared
+                .access
+                .read(&shared.gate, Entry::Fresh, None)
+                .unwrap();
+            entered_tx.send(()).unwrap();
+            let _ = leave.recv();
+            held.finish().unwrap();
+        })
+    };
+    expect_signal(&entered, "the counted reader got in");
+    let (writer_in, writer_leave, writer) = spawn_per_thread_writer(&shared);
+    wait_until("the writer waits", || writers_waiting(&shared.access) == 1);
+    leave_tx.send(()).unwrap();
+    expect_signal(&writer_in, "the writer was woken by the last reader out");
+    writer_leave.send(()).unwrap();
+    for thread in [reader, writer] {
+        thread.join().unwrap();
+    }
+    assert_idle(&shared.access);
+}
+
+/// Where memory opens per thread, a writer refused by the gate leaves no flag behind: the next
+/// writer and reader get in.
+#[test]
+fn a_refused_per_thread_writer_leaves_the_way_free() {
+    let shared = per_thread();
+    shared.gate.fail_next_open.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        shared.access.write(&shared.gate),
+        Err(Error::Os { .. })
+    ));
+    assert_idle(&shared.access);
+    let (writer_in, writer_leave, writer) = spawn_per_thread_writer(&shared);
+    expect_signal(&writer_in, "the next writer got in");
+    writer_leave.send(()).unwrap();
+    writer.join().unwrap();
+    let (reader_in, reader_leave, reader) = spawn_line_reader(&shared, Entry::Fresh);
+    assert!(expect_signal(&reader_in, "the next reader got in").unwrap());
+    reader_leave.send(()).unwrap();
+    reader.join().unwrap();
+    assert_idle(&shared.access);
 }
 
 /// Only the first publication of a secret writes its state word (to set `PUBLISHED`); every

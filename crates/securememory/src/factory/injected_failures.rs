@@ -175,6 +175,44 @@ fn a_failed_unlock_on_close_does_not_hide_a_corrupted_canary() {
     assert!(matches!(closed, Err(Error::Corrupted)), "{closed:?}");
 }
 
+/// Close unlocks exactly the pages the secret locked itself: anonymous pages it locked (a
+/// failure is reported), not pages it never locked, nor secret memory, which the kernel locks
+/// and unlocks on its own.
+#[test]
+fn close_unlocks_only_anonymous_pages_it_locked() {
+    let unlocked = |factory: ProtectedMemorySecretFactory| {
+        let secret = factory.create_random(32).unwrap();
+        fault::fail_next(Op::Unlock, libc::EIO);
+        let closed = secret.close();
+        let unlock_made = fault::take_planned().is_empty();
+        (closed, unlock_made)
+    };
+    let (closed, unlock_made) = unlocked(factory(Backing::Anonymous));
+    assert!(unlock_made, "locked anonymous pages were not unlocked");
+    let error = closed.unwrap_err();
+    assert!(error.to_string().contains("munlock"), "{error}");
+
+    let never_locked = ProtectedMemorySecretFactory::builder()
+        .backing(Backing::Anonymous)
+        .mlock(MlockPolicy::Disabled)
+        .build();
+    let (closed, unlock_made) = unlocked(never_locked);
+    assert!(!unlock_made, "pages never locked were unlocked");
+    closed.unwrap();
+
+    if matches!(sys::secretmem_support(), SecretMemSupport::Available) {
+        let (closed, unlock_made) = unlocked(factory(Backing::SecretMem));
+        assert!(!unlock_made, "secret memory was unlocked");
+        closed.unwrap();
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "memfd_secret missing in CI"
+        );
+        eprintln!("secret memory part skipped: memfd_secret unavailable");
+    }
+}
+
 /// A fork between committing anonymous pages and `MADV_WIPEONFORK` gives the child a private
 /// copy of zeroed pages: nothing the parent writes afterwards reaches it.
 #[test]

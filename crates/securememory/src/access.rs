@@ -737,12 +737,6 @@ impl Access {
     fn state(&self) -> usize {
         self.state.load(Ordering::SeqCst)
     }
-
-    /// Whether a writer is registered as waiting (for tests that must wait until one is).
-    #[cfg(all(test, not(loom)))]
-    pub(crate) fn writer_waiting(&self) -> bool {
-        self.state() & WRITER_WAITING != 0
-    }
 }
 
 /// An access in progress. [`Held::finish`] ends it and reports a failure to conceal the memory;

@@ -820,7 +820,7 @@ impl fmt::Debug for SecretReader<'_> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use crate::access::tests::wait_until;
+    use crate::access::tests::{wait_until, writer_waiting};
     use crate::{ProtectedMemorySecretFactory, Secret};
     use std::sync::{mpsc, Arc, Barrier};
     use std::thread;
@@ -859,7 +859,7 @@ mod tests {
             thread::spawn(move || secret.with_bytes_mut(|bytes| bytes[0] += 10).unwrap());
         }
         wait_until("both writers wait", || {
-            a.shared.access.writer_waiting() && b.shared.access.writer_waiting()
+            writer_waiting(&a.shared.access) && writer_waiting(&b.shared.access)
         });
         for go in &go_tx {
             go.send(()).unwrap();

@@ -52,7 +52,7 @@ const CLAIMING: u64 = u64::MAX;
 /// What a line's `owner` holds once claimed by a thread of the process in `epoch`: never
 /// [`FREE`] (where the OS has no forks, the epoch is zero) nor [`CLAIMING`].
 fn owner_in(epoch: u64) -> u64 {
-    epoch.wrapping_add(1).min(CLAIMING - 1)
+    epoch % (CLAIMING - 1) + 1
 }
 
 /// One thread's slots. Aligned to two cache lines, which is what the adjacent-line prefetcher
@@ -393,6 +393,37 @@ mod tests {
         assert!(!table.published(0x1000, 8), "a forked child's scan");
         withdraw(entry);
         assert!(!table.published(0x1000, 7));
+    }
+
+    /// Every epoch names an owner that reads as neither free nor being claimed, and the
+    /// epochs a process and its children have name different owners.
+    #[test]
+    fn every_epoch_names_an_owner_apart_from_free_and_claiming() {
+        for epoch in [0, 1, 2, CLAIMING - 2, CLAIMING - 1, u64::MAX] {
+            let owner = owner_in(epoch);
+            assert!(owner != FREE && owner != CLAIMING, "{epoch}: {owner}");
+        }
+        assert_ne!(owner_in(0), owner_in(1));
+        assert_ne!(owner_in(1), owner_in(2));
+        assert_ne!(owner_in(CLAIMING - 3), owner_in(CLAIMING - 2));
+    }
+
+    /// Claiming a line decides how readers order their publications, once for the process:
+    /// with the cheap side of an asymmetric barrier where the OS offers one, with a fence of
+    /// their own otherwise.
+    #[test]
+    fn claiming_a_line_decides_the_publication_barrier() {
+        let table = Table::new();
+        table.claim(3).unwrap();
+        let expected = if barrier_all_threads() {
+            ASYMMETRIC
+        } else {
+            FENCED
+        };
+        assert_eq!(
+            PUBLICATION.load(std::sync::atomic::Ordering::Relaxed),
+            expected
+        );
     }
 
     /// Where the OS has no fork (Windows) the epoch is zero, which must not read as a free line.

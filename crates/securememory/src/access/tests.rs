@@ -163,6 +163,11 @@ fn spawn_writer(
     (entered_rx, leave_tx, handle)
 }
 
+/// Whether a writer is registered as waiting (for tests that must wait until one is).
+pub(crate) fn writer_waiting(access: &Access) -> bool {
+    access.state() & WRITER_WAITING != 0
+}
+
 fn writers_waiting(access: &Access) -> usize {
     access.waiting.lock().writers
 }

@@ -539,4 +539,19 @@ mod tests {
         assert_eq!(layout(usize::MAX, 4096, true), None);
         assert_eq!(layout(isize::MAX as usize, 4096, true), None);
     }
+
+    /// The guard pages count against the largest mapping too: both of them.
+    #[test]
+    fn layout_counts_both_guard_pages_against_the_largest_mapping() {
+        let largest = isize::MAX as usize + 1;
+        assert_eq!(layout(largest - 2 * 4096, 4096, true), None);
+        assert_eq!(
+            layout(largest - 3 * 4096, 4096, true),
+            Some((largest - 3 * 4096, 4096))
+        );
+        assert_eq!(
+            layout(largest - 4096, 4096, false),
+            Some((largest - 4096, 0))
+        );
+    }
 }

@@ -167,7 +167,10 @@ impl Gate for Store {
 
     #[inline]
     fn inherited(&self) -> bool {
-        self.in_forked_child()
+        match self {
+            Store::Mapped(region) => region.inherited(),
+            Store::Sealed(sealed) => sealed.inherited(),
+        }
     }
 
     #[inline]

@@ -658,6 +658,47 @@ fn a_child_made_with_the_raw_fork_system_call_is_refused_access() {
     }
 }
 
+/// Closing a multi-page secret in a forked child unmaps the guard pages the child inherited
+/// (both of them), whether or not its data pages were left out of the fork.
+#[test]
+fn closing_in_a_forked_child_unmaps_both_guard_pages() {
+    common::in_child_process!();
+    let page = 4096;
+    for backing in [Backing::Anonymous, Backing::SecretMem] {
+        let factory = common::factory(backing);
+        let secret = factory.create_random(3 * page - 64).unwrap();
+        let label = format!("{backing:?} ({:?})", secret.protection().backing);
+        if !secret.protection().guard_pages || securememory::system::page_size() != page {
+            eprintln!("{label}: skipped: no guard pages of 4 KiB");
+            continue;
+        }
+        let trailing = secret
+            .with_bytes(|b| b.as_ptr() as usize + b.len())
+            .unwrap();
+        let leading = trailing - 4 * page;
+        assert!(common::is_mapped(leading) && common::is_mapped(trailing));
+        let pid = fork();
+        if pid == 0 {
+            run_child(|| {
+                if secret.close().is_err() {
+                    return 4;
+                }
+                i32::from(common::is_mapped(leading)) | i32::from(common::is_mapped(trailing)) << 1
+            });
+        }
+        let end = wait_for(pid);
+        assert!(
+            matches!(end, End::Exited(0)),
+            "{label}: the child ended {end} (1: leading guard left, 2: trailing guard left, \
+             3: both, 4: close failed)"
+        );
+        assert!(
+            common::is_mapped(leading),
+            "{label}: the parent's guard went"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. A fork from inside one's own callback.
 

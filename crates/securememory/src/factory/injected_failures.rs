@@ -291,3 +291,52 @@ fn failed_reprotect_after_an_access_is_returned_and_retried() {
     secret.with_bytes_mut(|b| b[0] = 1).unwrap();
     secret.close().unwrap();
 }
+
+/// A secret belongs to the epoch of the process that made it: readers publish under it, and a
+/// forked child's secrets are of the child's epoch, apart from its parent's (whose reader lines
+/// the child hands to its own threads).
+#[test]
+fn a_secret_is_of_the_epoch_of_the_process_that_made_it() {
+    use crate::access::Gate;
+    common::in_child_process!();
+    let factories = [
+        factory(Backing::Anonymous),
+        ProtectedMemorySecretFactory::builder()
+            .strategy(Strategy::Sealed)
+            .build(),
+    ];
+    let parent_epoch = sys::process_epoch();
+    for factory in &factories {
+        let secret = factory.new(&mut [1; 8]).unwrap();
+        assert_eq!(secret.store().epoch(), parent_epoch);
+    }
+    // SAFETY: this child test process runs this test alone; the forked process makes secrets
+    // and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let child_epoch = sys::process_epoch();
+        let own_epoch = factories.iter().all(|factory| {
+            factory
+                .new(&mut [2; 8])
+                .is_ok_and(|secret| secret.store().epoch() == child_epoch)
+        });
+        let code = if child_epoch == parent_epoch {
+            1
+        } else if !own_epoch {
+            2
+        } else {
+            0
+        };
+        // SAFETY: leave the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child status {status}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "1: the child's epoch is its parent's; 2: a secret made in the child is not of its epoch"
+    );
+}

@@ -125,6 +125,51 @@ fn on_corruption_abort_applies_to_a_tampered_sealed_secret() {
     assert!(payload.is::<crate::report::Aborted>());
 }
 
+/// The permissions and protection key of the mapping holding `address`, from /proc/self/smaps.
+fn mapping_of(address: usize) -> (String, u32) {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut found: Option<(String, u32)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-') {
+            let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) else {
+                continue;
+            };
+            if found.is_some() {
+                break;
+            }
+            if (start..end).contains(&address) {
+                found = Some((fields.next().unwrap().to_owned(), 0));
+            }
+        } else if let (Some(mapping), "ProtectionKey:") = (found.as_mut(), first) {
+            mapping.1 = fields.next().unwrap().parse().unwrap();
+        }
+    }
+    found.unwrap_or_else(|| panic!("{address:#x} is not mapped"))
+}
+
+/// The keeper's page is never writable while idle: read-only to every thread, or tagged with a
+/// protection key that every thread's rights deny outside a window.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_keepers_page_is_read_only_or_behind_a_protection_key() {
+    let secret = factory().new(&mut [7; 16]).unwrap();
+    let keeper = sealed(&secret).keeper;
+    let (permissions, key) = mapping_of(keeper.region.bytes().as_ptr() as usize);
+    if keeper.protection.strategy == Strategy::ProtectionKey {
+        assert_ne!(key, 0, "the keeper's page is not tagged ({permissions})");
+    } else {
+        assert!(
+            permissions.starts_with("r--"),
+            "the keeper's page is {permissions}"
+        );
+    }
+}
+
 /// Reads `len` bytes at `address` (scratch memory stays mapped and readable between accesses).
 fn read_at(address: usize, len: usize) -> Vec<u8> {
     // SAFETY: the address is inside this thread's scratch area, which stays mapped and

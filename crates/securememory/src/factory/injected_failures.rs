@@ -295,6 +295,7 @@ fn failed_reprotect_after_an_access_is_returned_and_retried() {
 /// A secret belongs to the epoch of the process that made it: readers publish under it, and a
 /// forked child's secrets are of the child's epoch, apart from its parent's (whose reader lines
 /// the child hands to its own threads).
+#[cfg(not(loom))]
 #[test]
 fn a_secret_is_of_the_epoch_of_the_process_that_made_it() {
     use crate::access::Gate;

@@ -634,7 +634,7 @@ impl Secret {
 
     /// Always `false`: a secret holds at least one byte.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        false
     }
 
     /// Whether [`close`](Secret::close) has started. True from the moment it is called.
@@ -823,11 +823,81 @@ impl fmt::Debug for SecretReader<'_> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use crate::access::tests::{wait_until, writer_waiting};
-    use crate::{ProtectedMemorySecretFactory, Secret};
+    use crate::access::tests::{
+        read_published, readers_counted, readers_queued, wait_until, writer_waiting,
+    };
+    use crate::{ProtectedMemorySecretFactory, Secret, Strategy};
     use std::sync::{mpsc, Arc, Barrier};
     use std::thread;
     use std::time::Duration;
+
+    /// A sealed secret opens per thread: its reads are published in the reader's line, and no
+    /// reader is counted in the shared state word.
+    #[test]
+    fn reads_of_a_sealed_secret_are_published_not_counted() {
+        let factory = ProtectedMemorySecretFactory::builder()
+            .strategy(Strategy::Sealed)
+            .build();
+        let secret = factory.new(&mut [3; 8]).unwrap();
+        let (published, counted) = secret
+            .with_bytes(|_| {
+                let access = &secret.shared.access;
+                (read_published(access), readers_counted(access))
+            })
+            .unwrap();
+        assert!(published, "the read was not published");
+        assert_eq!(counted, 0, "the read was counted");
+    }
+
+    /// A reader that holds no other secret's access queues behind a writer waiting for the
+    /// memory, so that a stream of readers cannot starve the writer.
+    #[test]
+    fn a_fresh_reader_queues_behind_a_waiting_writer() {
+        let secret = Arc::new(
+            ProtectedMemorySecretFactory::default()
+                .new(&mut [1; 8])
+                .unwrap(),
+        );
+        let (holding_tx, holding) = mpsc::channel();
+        let (release_tx, release) = mpsc::channel::<()>();
+        let holder = {
+            let secret = Arc::clone(&secret);
+            thread::spawn(move || {
+                secret
+                    .with_bytes(|_| {
+                        holding_tx.send(()).unwrap();
+                        let _ = release.recv();
+                    })
+                    .unwrap();
+            })
+        };
+        holding.recv_timeout(Duration::from_secs(10)).unwrap();
+        let writer = {
+            let secret = Arc::clone(&secret);
+            thread::spawn(move || secret.with_bytes_mut(|bytes| bytes[0] = 2).unwrap())
+        };
+        wait_until("the writer waits", || writer_waiting(&secret.shared.access));
+        let reader = {
+            let secret = Arc::clone(&secret);
+            thread::spawn(move || secret.with_bytes(|bytes| bytes[0]).unwrap())
+        };
+        let queued = {
+            let start = std::time::Instant::now();
+            while readers_queued(&secret.shared.access) == 0
+                && !reader.is_finished()
+                && start.elapsed() < Duration::from_secs(10)
+            {
+                thread::yield_now();
+            }
+            readers_queued(&secret.shared.access) == 1
+        };
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        writer.join().unwrap();
+        let seen = reader.join().unwrap();
+        assert!(queued, "the reader did not queue behind the waiting writer");
+        assert_eq!(seen, 2, "the reader got in before the waiting writer");
+    }
 
     /// Thread 1 reads A then B, thread 2 reads B then A, and a writer waits on each: the nested
     /// reads must pass the waiting writers (each writer waits for the other thread's outer read).

@@ -311,6 +311,16 @@ fn debug_never_prints_the_bytes() {
     assert!(!printed.contains("hunter2"), "{printed}");
     assert!(!printed.contains("104, 117"), "{printed}");
     assert!(printed.contains("redacted"), "{printed}");
+    // A reader says how far it has read, and of how much.
+    let mut reader = secret.reader();
+    std::io::Read::read(&mut reader, &mut [0; 4]).unwrap();
+    let printed = format!("{reader:?}");
+    assert!(
+        printed.contains("SecretReader")
+            && printed.contains("len: 15")
+            && printed.contains("position: 4"),
+        "{printed}"
+    );
 }
 
 #[test]

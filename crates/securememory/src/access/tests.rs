@@ -168,11 +168,21 @@ pub(crate) fn writer_waiting(access: &Access) -> bool {
     access.state() & WRITER_WAITING != 0
 }
 
+/// How many readers the state word counts (published reads are not counted).
+pub(crate) fn readers_counted(access: &Access) -> usize {
+    readers(access.state())
+}
+
+/// Whether some thread has a read of `access` published in its line.
+pub(crate) fn read_published(access: &Access) -> bool {
+    published(access)
+}
+
 fn writers_waiting(access: &Access) -> usize {
     access.waiting.lock().writers
 }
 
-fn readers_queued(access: &Access) -> usize {
+pub(crate) fn readers_queued(access: &Access) -> usize {
     access.waiting.lock().queued
 }
 

@@ -858,3 +858,132 @@ mod common;
 
 #[cfg(all(test, target_os = "linux"))]
 mod injected_failures;
+
+#[cfg(test)]
+mod reading {
+    use super::*;
+
+    /// A reader of `bytes` that is interrupted before every byte it hands out (one per call),
+    /// then fails with `error` when they run out (or ends, without one).
+    struct Reader<'a> {
+        bytes: &'a [u8],
+        interrupt: bool,
+        interrupted: bool,
+        error: Option<io::ErrorKind>,
+    }
+
+    impl<'a> Reader<'a> {
+        fn plain(bytes: &'a [u8]) -> Self {
+            Reader {
+                bytes,
+                interrupt: false,
+                interrupted: false,
+                error: None,
+            }
+        }
+        fn interrupted(bytes: &'a [u8]) -> Self {
+            Reader {
+                interrupt: true,
+                ..Reader::plain(bytes)
+            }
+        }
+        fn failing(bytes: &'a [u8]) -> Self {
+            Reader {
+                error: Some(io::ErrorKind::BrokenPipe),
+                ..Reader::plain(bytes)
+            }
+        }
+    }
+
+    impl io::Read for Reader<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.interrupt && !std::mem::replace(&mut self.interrupted, true) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            self.interrupted = false;
+            match (self.bytes.split_first(), self.error) {
+                (Some((&byte, rest)), _) if !buf.is_empty() => {
+                    buf[0] = byte;
+                    self.bytes = rest;
+                    Ok(1)
+                }
+                (None, Some(kind)) => Err(kind.into()),
+                _ => Ok(0),
+            }
+        }
+    }
+
+    /// What `read_until` stored and left unread, or its error.
+    fn read(
+        mut reader: Reader<'_>,
+        delimiter: Option<u8>,
+        max_len: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let mut buffer = vec![0xee; max_len];
+        let len = read_until(&mut reader, delimiter, &mut buffer)?;
+        assert!(
+            buffer[len..].iter().all(|&b| b == 0xee || b == 0),
+            "{buffer:?}"
+        );
+        buffer.truncate(len);
+        Ok((buffer, reader.bytes.to_vec()))
+    }
+
+    #[test]
+    fn read_until_stops_at_the_delimiter_or_the_end_interrupted_or_not() {
+        for reader in [Reader::plain, Reader::interrupted] {
+            let (kept, rest) = read(reader(b"abc\nrest"), Some(b'\n'), 8).unwrap();
+            assert_eq!((&kept[..], &rest[..]), (&b"abc"[..], &b"rest"[..]));
+            let (kept, rest) = read(reader(b"abc"), None, 8).unwrap();
+            assert_eq!((&kept[..], &rest[..]), (&b"abc"[..], &b""[..]));
+            // Full, then the end or the delimiter: accepted.
+            let (kept, _) = read(reader(b"abc"), None, 3).unwrap();
+            assert_eq!(kept, b"abc");
+            let (kept, rest) = read(reader(b"abc\nrest"), Some(b'\n'), 3).unwrap();
+            assert_eq!((&kept[..], &rest[..]), (&b"abc"[..], &b"rest"[..]));
+        }
+    }
+
+    #[test]
+    fn read_until_refuses_too_much_and_nothing() {
+        for reader in [Reader::plain, Reader::interrupted] {
+            let error = read(reader(b"abcd"), None, 3).unwrap_err();
+            assert!(
+                matches!(&error, Error::Read(e) if e.kind() == io::ErrorKind::InvalidData),
+                "{error:?}"
+            );
+            let error = read(reader(b"abcd\n"), Some(b'\n'), 3).unwrap_err();
+            assert!(matches!(error, Error::Read(_)), "{error:?}");
+            for (bytes, delimiter) in [(&b""[..], None), (&b"\nrest"[..], Some(b'\n'))] {
+                let error = read(reader(bytes), delimiter, 8).unwrap_err();
+                assert!(matches!(error, Error::InvalidLength), "{error:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn read_until_returns_a_failing_readers_error() {
+        for max_len in [8, 3] {
+            let error = read(Reader::failing(b"abc"), None, max_len).unwrap_err();
+            assert!(
+                matches!(&error, Error::Read(e) if e.kind() == io::ErrorKind::BrokenPipe),
+                "{max_len}: {error:?}"
+            );
+        }
+    }
+
+    /// A line read up to `\n` loses a `\r` before it (a line from a Windows file); other
+    /// delimiters keep it.
+    #[test]
+    fn a_line_loses_its_carriage_return_other_delimiters_keep_it() {
+        let factory = ProtectedMemorySecretFactory::default();
+        let line = factory
+            .from_reader_until(&b"pass\r\nrest"[..], b'\n', 16)
+            .unwrap();
+        assert!(line.with_bytes(|b| b == b"pass").unwrap());
+        let field = factory
+            .from_reader_until(&b"pass\r;rest"[..], b';', 16)
+            .unwrap();
+        assert!(field.with_bytes(|b| b == b"pass\r").unwrap());
+    }
+}

@@ -126,6 +126,7 @@ fn on_corruption_abort_applies_to_a_tampered_sealed_secret() {
 }
 
 /// The permissions and protection key of the mapping holding `address`, from /proc/self/smaps.
+#[cfg(target_os = "linux")]
 fn mapping_of(address: usize) -> (String, u32) {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let mut found: Option<(String, u32)> = None;

@@ -1,6 +1,6 @@
-use super::{Sealed, COUNTER_LEN, HEADER_LEN, NONCE_LEN, SCRUBBED_STACK};
+use super::{Sealed, COUNTER_LEN, HEADER_LEN, MAX_LEN, NONCE_LEN, SCRUBBED_STACK};
 use crate::secret::{Shared, Store};
-use crate::{Error, OnCorruption, ProtectedMemorySecretFactory, Secret, Strategy};
+use crate::{Backing, Error, OnCorruption, ProtectedMemorySecretFactory, Secret, Strategy};
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use std::hint::black_box;
@@ -168,6 +168,50 @@ fn the_keepers_page_is_read_only_or_behind_a_protection_key() {
             permissions.starts_with("r--"),
             "the keeper's page is {permissions}"
         );
+    }
+}
+
+/// AES-GCM takes at most 2^36 - 32 bytes under one nonce: a seal takes that much, and no more.
+#[test]
+fn a_seal_takes_up_to_the_most_one_nonce_covers() {
+    let most = usize::try_from(MAX_LEN).unwrap();
+    assert_eq!(MAX_LEN, (1 << 36) - 32);
+    assert!(Sealed::check_len(most).is_ok());
+    assert!(matches!(
+        Sealed::check_len(most + 1),
+        Err(Error::InvalidLength)
+    ));
+    assert!(matches!(Sealed::check_len(0), Err(Error::InvalidLength)));
+}
+
+/// A sealed secret reports what its keeper's page got, as a sealed secret: its own backing
+/// (each kind of memory has a keeper of its own), guard pages, and no canary (the tag stands in).
+#[test]
+fn a_sealed_secret_reports_its_own_keepers_protection() {
+    let mut backings = vec![Backing::Anonymous];
+    if matches!(
+        crate::sys::secretmem_support(),
+        crate::sys::SecretMemSupport::Available
+    ) {
+        backings.push(Backing::SecretMem);
+    }
+    // Both orders: whichever keeper was made first must not serve the other kind of memory.
+    for order in [backings.clone(), backings.iter().rev().copied().collect()] {
+        for backing in order {
+            let secret = ProtectedMemorySecretFactory::builder()
+                .strategy(Strategy::Sealed)
+                .backing(backing)
+                .build()
+                .new(&mut [5; 8])
+                .unwrap();
+            let protection = secret.protection();
+            assert_eq!(protection.strategy, Strategy::Sealed);
+            assert_eq!(protection.backing, backing, "{protection:?}");
+            assert!(
+                protection.guard_pages && !protection.canary,
+                "{protection:?}"
+            );
+        }
     }
 }
 

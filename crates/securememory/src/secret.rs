@@ -824,7 +824,7 @@ impl fmt::Debug for SecretReader<'_> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::access::tests::{
-        read_published, readers_counted, readers_queued, wait_until, writer_waiting,
+        published, readers_counted, readers_queued, wait_until, writer_waiting,
     };
     use crate::{ProtectedMemorySecretFactory, Secret, Strategy};
     use std::sync::{mpsc, Arc, Barrier};
@@ -842,7 +842,7 @@ mod tests {
         let (published, counted) = secret
             .with_bytes(|_| {
                 let access = &secret.shared.access;
-                (read_published(access), readers_counted(access))
+                (published(access), readers_counted(access))
             })
             .unwrap();
         assert!(published, "the read was not published");

@@ -173,11 +173,6 @@ pub(crate) fn readers_counted(access: &Access) -> usize {
     readers(access.state())
 }
 
-/// Whether some thread has a read of `access` published in its line.
-pub(crate) fn read_published(access: &Access) -> bool {
-    published(access)
-}
-
 fn writers_waiting(access: &Access) -> usize {
     access.waiting.lock().writers
 }
@@ -818,7 +813,7 @@ fn per_thread() -> Arc<PerThread> {
 }
 
 /// Whether some thread has a read of `access` published.
-fn published(access: &Access) -> bool {
+pub(crate) fn published(access: &Access) -> bool {
     slots::table().published(access.address(), crate::sys::process_epoch())
 }
 

@@ -7,6 +7,15 @@ use super::*;
 use crate::sys::fault;
 use crate::sys::Op;
 
+/// Waits for the forked child `pid` and returns its exit code; it must have exited.
+fn exit_code_of(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child status {status}");
+    libc::WEXITSTATUS(status)
+}
+
 fn locked_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
@@ -252,12 +261,8 @@ fn a_child_forked_before_anonymous_pages_are_protected_sees_none_of_the_later_wr
     assert!(pid > 0, "the hook did not run");
     // SAFETY: one byte from a local to our end of the pipe.
     assert_eq!(unsafe { libc::write(pipe[1], [1u8].as_ptr().cast(), 1) }, 1);
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child status {status}");
     assert_eq!(
-        libc::WEXITSTATUS(status),
+        exit_code_of(pid),
         0,
         "the child saw the parent's later writes (1) or got no go-ahead (2)"
     );
@@ -331,12 +336,8 @@ fn a_secret_is_of_the_epoch_of_the_process_that_made_it() {
         // SAFETY: leave the forked child without running the parent's destructors.
         unsafe { libc::_exit(code) };
     }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child status {status}");
     assert_eq!(
-        libc::WEXITSTATUS(status),
+        exit_code_of(pid),
         0,
         "1: the child's epoch is its parent's; 2: a secret made in the child is not of its epoch"
     );

@@ -854,7 +854,7 @@ fn read_until(
 
 #[cfg(all(test, target_os = "linux"))]
 #[path = "../tests/common/process.rs"]
-mod common;
+pub(crate) mod common;
 
 #[cfg(all(test, target_os = "linux"))]
 mod injected_failures;

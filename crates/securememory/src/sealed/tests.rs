@@ -1,4 +1,8 @@
-use super::{Sealed, COUNTER_LEN, HEADER_LEN, MAX_LEN, NONCE_LEN, SCRUBBED_STACK};
+use super::{
+    build_cipher, scratch_area, scratch_len, Keeper, Sealed, COUNTER_LEN, HEADER_LEN,
+    KEPT_SCRATCH_PAGES, MAX_LEN, NONCE_LEN, SCRUBBED_AFTER_KEY_SETUP, SCRUBBED_STACK,
+};
+use crate::region::{Memory, CANARY_LEN};
 use crate::secret::{Shared, Store};
 use crate::{Backing, Error, OnCorruption, ProtectedMemorySecretFactory, Secret, Strategy};
 use aes_gcm::aead::{AeadInPlace, KeyInit};
@@ -396,4 +400,270 @@ fn seal(cipher: &Aes256Gcm, nonce: &[u8], buffer: &mut [u8]) -> aes_gcm::Tag {
     cipher
         .encrypt_in_place_detached(Nonce::from_slice(nonce), b"", buffer)
         .unwrap()
+}
+
+/// Making the cipher (key expansion and the kilobyte of state it returns by value) fits in the
+/// stack a keeper's making wipes after it.
+#[test]
+fn the_key_setup_stays_within_the_stack_wiped_after_it() {
+    let key = [9u8; 32];
+    let mut place = Box::new(std::mem::MaybeUninit::<Aes256Gcm>::uninit());
+    let top = paint_below();
+    // SAFETY: a boxed place of the cipher's size and alignment, holding nothing yet.
+    unsafe { build_cipher(&key, place.as_mut_ptr()) };
+    let depth = disturbed_below(top);
+    // SAFETY: just built.
+    unsafe { place.assume_init_drop() };
+    println!("key setup: {depth} bytes of stack");
+    assert!(
+        depth > 0,
+        "the measurement saw no stack used by the key setup"
+    );
+    assert!(
+        depth + 128 <= SCRUBBED_AFTER_KEY_SETUP,
+        "the key setup used {depth} bytes of stack, more than the {SCRUBBED_AFTER_KEY_SETUP} \
+         wiped after it"
+    );
+}
+
+/// The cipher state (round keys, hash key) of `keeper`, copied out of its page.
+fn cipher_state(keeper: &Keeper) -> Vec<u8> {
+    keeper.with_cipher(true, |cipher| {
+        // SAFETY: the cipher is a live value of its size; its bytes are only copied.
+        unsafe {
+            std::slice::from_raw_parts(
+                (cipher as *const Aes256Gcm).cast::<u8>(),
+                std::mem::size_of::<Aes256Gcm>(),
+            )
+        }
+        .to_vec()
+    })
+}
+
+/// The sixteen-byte lanes of the vector registers the cipher and the copies of its state go
+/// through: xmm0-15, and where the CPU has AVX-512, the whole of zmm16-31 (where the C
+/// library's copies run).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn vector_register_lanes() -> Vec<[u8; 16]> {
+    let mut low = [[0u8; 16]; 16];
+    // SAFETY: stores sixteen registers into a local array of their size.
+    unsafe {
+        std::arch::asm!(
+            "movdqu [{p}], xmm0",
+            "movdqu [{p} + 16], xmm1",
+            "movdqu [{p} + 32], xmm2",
+            "movdqu [{p} + 48], xmm3",
+            "movdqu [{p} + 64], xmm4",
+            "movdqu [{p} + 80], xmm5",
+            "movdqu [{p} + 96], xmm6",
+            "movdqu [{p} + 112], xmm7",
+            "movdqu [{p} + 128], xmm8",
+            "movdqu [{p} + 144], xmm9",
+            "movdqu [{p} + 160], xmm10",
+            "movdqu [{p} + 176], xmm11",
+            "movdqu [{p} + 192], xmm12",
+            "movdqu [{p} + 208], xmm13",
+            "movdqu [{p} + 224], xmm14",
+            "movdqu [{p} + 240], xmm15",
+            p = in(reg) low.as_mut_ptr(),
+            options(nostack, preserves_flags),
+        );
+    }
+    let mut lanes = low.to_vec();
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let mut high = [[0u8; 16]; 64];
+        // SAFETY: the CPU has AVX-512; stores sixteen 64-byte registers into a local array of
+        // their size.
+        unsafe {
+            std::arch::asm!(
+                "vmovdqu64 [{p}], zmm16",
+                "vmovdqu64 [{p} + 64], zmm17",
+                "vmovdqu64 [{p} + 128], zmm18",
+                "vmovdqu64 [{p} + 192], zmm19",
+                "vmovdqu64 [{p} + 256], zmm20",
+                "vmovdqu64 [{p} + 320], zmm21",
+                "vmovdqu64 [{p} + 384], zmm22",
+                "vmovdqu64 [{p} + 448], zmm23",
+                "vmovdqu64 [{p} + 512], zmm24",
+                "vmovdqu64 [{p} + 576], zmm25",
+                "vmovdqu64 [{p} + 640], zmm26",
+                "vmovdqu64 [{p} + 704], zmm27",
+                "vmovdqu64 [{p} + 768], zmm28",
+                "vmovdqu64 [{p} + 832], zmm29",
+                "vmovdqu64 [{p} + 896], zmm30",
+                "vmovdqu64 [{p} + 960], zmm31",
+                p = in(reg) high.as_mut_ptr(),
+                options(nostack, preserves_flags),
+            );
+        }
+        lanes.extend_from_slice(&high);
+    }
+    lanes
+}
+
+/// Making a keeper leaves none of the cipher's state (round keys, hash key) in the vector
+/// registers that built it and copied it into its page.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn making_a_keeper_leaves_no_cipher_state_in_vector_registers() {
+    let keeper = Keeper::new(Memory::Anonymous).unwrap();
+    let lanes = vector_register_lanes();
+    let state = cipher_state(&keeper);
+    let secret_lanes: Vec<&[u8]> = state
+        .chunks_exact(16)
+        .filter(|chunk| chunk.iter().filter(|&&b| b != 0).count() > 4)
+        .collect();
+    assert!(
+        secret_lanes.len() >= 15,
+        "the cipher state shows no round keys"
+    );
+    for (register, lane) in lanes.iter().enumerate() {
+        assert!(
+            !secret_lanes.contains(&lane.as_slice()),
+            "vector register lane {register} holds cipher state after a keeper was made"
+        );
+    }
+}
+
+/// The scratch area for a plaintext is the fewest whole pages that hold it and the canary.
+#[test]
+fn a_scratch_area_is_the_fewest_pages_that_hold_the_plaintext() {
+    let page = crate::sys::page_size();
+    for (len, pages) in [
+        (1, 1),
+        (page - CANARY_LEN, 1),
+        (page - CANARY_LEN + 1, 2),
+        (3 * page, 4),
+    ] {
+        let area = scratch_area(Memory::Anonymous, len).unwrap();
+        assert_eq!(area.len(), scratch_len(pages), "for {len} bytes");
+    }
+}
+
+/// The thread keeps its scratch area across accesses (no mapping per access) up to the kept
+/// size; a larger secret gets an area of its own, unmapped after the access.
+#[test]
+fn scratch_areas_are_kept_up_to_the_kept_size_and_made_apart_beyond() {
+    let most_kept = scratch_len(KEPT_SCRATCH_PAGES);
+    std::thread::spawn(move || {
+        for len in [64, most_kept] {
+            let secret = factory().new(&mut vec![3; len]).unwrap();
+            // A mark in the kept area, in front of the plaintext, that a fresh area would not
+            // hold.
+            let mark = secret
+                .with_bytes(|b| {
+                    let mark = b.as_ptr() as usize - 1;
+                    // SAFETY: the byte before the plaintext is in the same area (larger than the
+                    // plaintext by the canary's room at least), which this thread alone uses.
+                    unsafe { *(mark as *mut u8) = 0xa5 };
+                    mark
+                })
+                .unwrap();
+            let (again, kept) = secret
+                .with_bytes(|b| {
+                    (
+                        b.as_ptr() as usize - 1,
+                        // SAFETY: as above.
+                        unsafe { *(mark as *const u8) },
+                    )
+                })
+                .unwrap();
+            assert_eq!(
+                (again, kept),
+                (mark, 0xa5),
+                "{len} bytes: the area was not kept"
+            );
+        }
+        let secret = factory().new(&mut vec![3; most_kept + 1]).unwrap();
+        let address = secret.with_bytes(|b| b.as_ptr() as usize).unwrap();
+        assert!(
+            !crate::factory::common::is_mapped(address),
+            "the area of a secret larger than the kept ones stayed mapped"
+        );
+    })
+    .join()
+    .unwrap();
+}
+
+/// Nested accesses to sealed secrets of either kind of memory each get a scratch area of their
+/// own: the inner plaintext neither overwrites nor wipes the outer one.
+#[test]
+fn nested_plaintexts_keep_apart_whatever_their_memory() {
+    let mut backings = vec![Backing::Anonymous];
+    if matches!(
+        crate::sys::secretmem_support(),
+        crate::sys::SecretMemSupport::Available
+    ) {
+        backings.push(Backing::SecretMem);
+    } else {
+        println!("note: no secret memory here: anonymous memory only");
+    }
+    let make = |backing, fill| {
+        ProtectedMemorySecretFactory::builder()
+            .strategy(Strategy::Sealed)
+            .backing(backing)
+            .build()
+            .new(&mut [fill; 40])
+            .unwrap()
+    };
+    for &outer_backing in &backings {
+        for &inner_backing in &backings {
+            let outer = make(outer_backing, 1);
+            let inner = make(inner_backing, 2);
+            std::thread::spawn(move || {
+                outer
+                    .with_bytes(|o| {
+                        let o_before = o.to_vec();
+                        inner.with_bytes(|i| assert_eq!(i, [2; 40])).unwrap();
+                        assert_eq!(o_before, [1; 40]);
+                        assert_eq!(
+                            o, [1; 40],
+                            "{outer_backing:?} within {inner_backing:?}: the inner access \
+                             touched the outer plaintext"
+                        );
+                    })
+                    .unwrap();
+            })
+            .join()
+            .unwrap();
+        }
+    }
+}
+
+/// Closing a sealed secret, or dropping one never closed, frees its ciphertext, and so does
+/// dropping a seal that never became a secret (the way out of any failure after sealing). A
+/// ciphertext too large for the allocator to keep after freeing (over 32 MiB, where glibc always
+/// maps and unmaps) shows it: its mapping goes.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_ciphertext_is_freed_on_close_and_on_drop() {
+    use crate::factory::common;
+    common::in_child_process!();
+    let len = 40 << 20;
+    for way in ["close", "drop", "a seal's drop"] {
+        let (address, freed): (usize, Box<dyn FnOnce()>) = if way == "a seal's drop" {
+            let keeper = Keeper::get(Memory::Anonymous).unwrap();
+            let plaintext = super::Plaintext::take(Memory::Anonymous, len).unwrap();
+            let seal = Sealed::seal(keeper, plaintext, true).unwrap();
+            (
+                seal.stored() as *mut u8 as usize,
+                Box::new(move || drop(seal)),
+            )
+        } else {
+            let secret = factory().new(&mut vec![7; len]).unwrap();
+            let address = sealed(&secret).stored() as *mut u8 as usize;
+            if way == "close" {
+                (address, Box::new(move || secret.close().unwrap()))
+            } else {
+                (address, Box::new(move || drop(secret)))
+            }
+        };
+        assert!(common::is_mapped(address));
+        freed();
+        assert!(
+            !common::is_mapped(address),
+            "the ciphertext stayed allocated after {way}"
+        );
+    }
 }

@@ -343,6 +343,61 @@ mod tests {
     }
 
     #[test]
+    fn messages_name_the_backing_or_strategy_they_are_about() {
+        for (backing, name) in [
+            (Backing::Auto, "automatic"),
+            (Backing::Anonymous, "anonymous"),
+            (Backing::SecretMem, "memfd_secret"),
+        ] {
+            let message = Error::BackingUnavailable {
+                backing,
+                reason: "why".into(),
+            }
+            .to_string();
+            let expected = format!("{name} backing is unavailable (why)");
+            assert!(message.starts_with(&expected), "{message}");
+        }
+        for (strategy, name) in [
+            (Strategy::Auto, "Strategy::Auto"),
+            (Strategy::PageProtection, "Strategy::PageProtection"),
+            (Strategy::ProtectionKey, "Strategy::ProtectionKey"),
+            (Strategy::Sealed, "Strategy::Sealed"),
+        ] {
+            let message = Error::StrategyUnavailable {
+                strategy,
+                reason: "why".into(),
+            }
+            .to_string();
+            let expected = format!("{name} is unavailable (why)");
+            assert!(message.starts_with(&expected), "{message}");
+        }
+    }
+
+    /// `MlockPolicy::BestEffort` is offered where it helps: not for secret memory, which is
+    /// charged to the limit whatever the policy.
+    #[test]
+    fn best_effort_is_offered_only_where_it_helps() {
+        let over_limit = |backing| Error::MemoryLockLimit {
+            requested: 4096,
+            limit: Some(8192),
+            backing,
+            source: io::Error::from_raw_os_error(12),
+        };
+        for (backing, offered) in [
+            (Backing::Auto, true),
+            (Backing::Anonymous, true),
+            (Backing::SecretMem, false),
+        ] {
+            let message = over_limit(backing).to_string();
+            assert_eq!(
+                message.ends_with(" or `MlockPolicy::BestEffort`"),
+                offered,
+                "{backing:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
     fn remedies_are_in_the_message() {
         let messages: Vec<String> = every_variant().iter().map(ToString::to_string).collect();
         #[cfg(unix)]

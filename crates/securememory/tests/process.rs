@@ -662,3 +662,38 @@ fn giving_up_secret_memory_with_mlock_disabled_is_logged() {
         "{logged:?}"
     );
 }
+
+/// `disable_core_dumps` lowers the soft core-dump limit to zero and leaves the hard limit, so
+/// the process may raise the soft one again.
+#[test]
+fn disabling_core_dumps_zeroes_the_soft_limit_and_keeps_the_hard_one() {
+    common::in_child_process!();
+    let core_limit = || {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a valid out-pointer.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut limit) }, 0);
+        limit
+    };
+    let set_core_limit = |limit: &libc::rlimit| {
+        // SAFETY: `limit` is a valid, initialised rlimit.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_CORE, limit) }, 0);
+    };
+    let mut start = core_limit();
+    if start.rlim_max == 0 {
+        println!("note: the hard core-dump limit is zero here: nothing to lower");
+        return;
+    }
+    start.rlim_cur = start.rlim_max;
+    set_core_limit(&start);
+    securememory::disable_core_dumps().unwrap();
+    let lowered = core_limit();
+    assert_eq!(
+        (lowered.rlim_cur, lowered.rlim_max),
+        (0, start.rlim_max),
+        "the soft limit is zero, the hard one as it was"
+    );
+    set_core_limit(&start);
+}

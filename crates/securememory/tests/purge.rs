@@ -165,8 +165,17 @@ fn live_secrets_name_where_each_was_made() {
     );
     b.close().unwrap();
     drop(c);
-    let left: Vec<usize> = securememory::live_secrets().iter().map(|i| i.len).collect();
-    assert_eq!(left, [10], "closed and dropped secrets are not listed");
+    let left = securememory::live_secrets();
+    assert_eq!(
+        left.iter().map(|i| i.len).collect::<Vec<_>>(),
+        [10],
+        "closed and dropped secrets are not listed"
+    );
+    let column = left[0].created_at.column();
+    assert_eq!(
+        left[0].to_string(),
+        format!("10 bytes made at {}:{a_line}:{column}", file!())
+    );
     drop(a);
 }
 

@@ -632,15 +632,21 @@ fn nested_plaintexts_keep_apart_whatever_their_memory() {
 }
 
 /// Closing a sealed secret, or dropping one never closed, frees its ciphertext, and so does
-/// dropping a seal that never became a secret (the way out of any failure after sealing). A
-/// ciphertext too large for the allocator to keep after freeing (over 32 MiB, where glibc always
-/// maps and unmaps) shows it: its mapping goes.
+/// dropping a seal that never became a secret (the way out of any failure after sealing). With
+/// glibc told to map every allocation from 64 KiB up apart (and unmap it when freed), a larger
+/// ciphertext shows it: its mapping goes.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn the_ciphertext_is_freed_on_close_and_on_drop() {
     use crate::factory::common;
     common::in_child_process!();
-    let len = 40 << 20;
+    // SAFETY: sets an allocator parameter of this child test process, before it allocates
+    // what the test watches.
+    assert_eq!(
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10) },
+        1
+    );
+    let len = 256 << 10;
     for way in ["close", "drop", "a seal's drop"] {
         let (address, freed): (usize, Box<dyn FnOnce()>) = if way == "a seal's drop" {
             let keeper = Keeper::get(Memory::Anonymous).unwrap();
@@ -651,7 +657,12 @@ fn the_ciphertext_is_freed_on_close_and_on_drop() {
                 Box::new(move || drop(seal)),
             )
         } else {
-            let secret = factory().new(&mut vec![7; len]).unwrap();
+            let secret = ProtectedMemorySecretFactory::builder()
+                .strategy(Strategy::Sealed)
+                .backing(Backing::Anonymous)
+                .build()
+                .new(&mut vec![7; len])
+                .unwrap();
             let address = sealed(&secret).stored() as *mut u8 as usize;
             if way == "close" {
                 (address, Box::new(move || secret.close().unwrap()))

@@ -207,3 +207,34 @@ pub fn stats() -> Stats {
         memlock_headroom: memlock_limit.map(|limit| limit.saturating_sub(locked_bytes)),
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::factory::common;
+
+    /// A tally dropped without its release (a secret whose close never ran) still takes the
+    /// secret out of the numbers.
+    #[test]
+    fn a_tally_dropped_unreleased_leaves_the_numbers_as_they_were() {
+        common::in_child_process!();
+        let before = stats();
+        let protection = crate::ProtectedMemorySecretFactory::default()
+            .new(&mut [1; 8])
+            .unwrap()
+            .protection();
+        let between = stats();
+        let tally = Tally::made(&protection, 4096, Instant::now());
+        let counted = stats();
+        assert_eq!(
+            (counted.in_use, counted.locked_bytes),
+            (between.in_use + 1, between.locked_bytes + 4096)
+        );
+        drop(tally);
+        let after = stats();
+        assert_eq!(
+            (after.in_use, after.locked_bytes),
+            (before.in_use, before.locked_bytes)
+        );
+    }
+}

@@ -338,3 +338,68 @@ fn sigterm_with_the_hook_purges_then_kills_the_process() {
         "died of the signal, as without the hook: {status}"
     );
 }
+
+/// The hook's thread waits on its pipe through other signals: one the program handles without
+/// `SA_RESTART`, which interrupts the wait, does not end it, and SIGTERM still purges and kills.
+#[test]
+fn an_interrupted_wait_of_the_hook_goes_on() {
+    static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn on_usr1(_: libc::c_int) {
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let test = common::this_test!();
+    if common::is_child(test) {
+        // SAFETY: a handler that only stores to an atomic, installed without SA_RESTART so that
+        // it interrupts the system call it lands in.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_usr1 as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        securememory::purge_on_termination().unwrap();
+        let secret = common::default_factory().create_random(16).unwrap();
+        let hook_thread = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .map(|task| task.unwrap().path())
+            .find(|task| {
+                std::fs::read_to_string(task.join("comm"))
+                    .is_ok_and(|comm| comm.starts_with("securememory-pu"))
+            })
+            .expect("the hook's thread");
+        let tid: libc::pid_t = hook_thread
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // SAFETY: signalling a thread of this process with a signal it handles.
+        assert_eq!(
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR1) },
+            0
+        );
+        let started = Instant::now();
+        while !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "SIGUSR1 not handled"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: signalling this process.
+        assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGTERM) }, 0);
+        thread::sleep(Duration::from_secs(5));
+        drop(secret);
+        panic!("SIGTERM did not end the process: the hook's thread had stopped waiting");
+    }
+    let (status, _, stderr) = common::run_child(test);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGTERM),
+        "died of the signal: {status}\n{stderr}"
+    );
+}

@@ -342,3 +342,92 @@ fn a_secret_is_of_the_epoch_of_the_process_that_made_it() {
         "1: the child's epoch is its parent's; 2: a secret made in the child is not of its epoch"
     );
 }
+
+/// Secret memory found available is not probed for again.
+#[test]
+fn available_secret_memory_is_remembered() {
+    common::in_child_process!();
+    if !matches!(sys::secretmem_support(), sys::SecretMemSupport::Available) {
+        println!("note: no secret memory here");
+        return;
+    }
+    fault::fail_next(Op::ProbeSecretMem, libc::ENOSYS);
+    let answer = crate::system::check_secret_memory();
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(fault::take_planned().len(), 1, "probed again");
+}
+
+/// A passing refusal of secret memory (descriptors or memory exhausted) is an OS error, and the
+/// next call asks again.
+#[test]
+fn a_passing_refusal_of_secret_memory_is_asked_again() {
+    common::in_child_process!();
+    for (errno, also) in [(libc::EMFILE, "EMFILE"), (libc::ENOMEM, "ENOMEM")] {
+        fault::fail_next(Op::ProbeSecretMem, errno);
+        let answer = crate::system::check_secret_memory();
+        assert!(
+            matches!(&answer, Err(Error::Os { operation, source })
+                if operation.starts_with("memfd_secret") && source.raw_os_error() == Some(errno)),
+            "{also}: {answer:?}"
+        );
+        assert!(fault::take_planned().is_empty());
+    }
+    if !matches!(sys::secretmem_support(), sys::SecretMemSupport::Available) {
+        println!("note: no secret memory here");
+    }
+}
+
+/// Secret memory refused for good (no such call, or forbidden) is unavailable, says why, and is
+/// not asked for again.
+#[test]
+fn secret_memory_refused_for_good_is_unavailable_and_remembered() {
+    common::in_child_process!();
+    for (errno, says) in [
+        (libc::ENOSYS, "not offered by this kernel"),
+        (libc::EPERM, "forbidden to this process"),
+        (libc::EACCES, "forbidden to this process"),
+        (libc::EINVAL, "not available here"),
+        (libc::EOPNOTSUPP, "not available here"),
+    ] {
+        refused_for_good(errno, says);
+    }
+}
+
+/// In a forked child (the answer is remembered for the process): the probe refused with
+/// `errno`.
+fn refused_for_good(errno: i32, says: &str) {
+    // SAFETY: a child that only probes, checks and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = std::panic::catch_unwind(|| {
+            fault::fail_next(Op::ProbeSecretMem, errno);
+            let unavailable = |answer: Result<(), Error>| match answer {
+                Err(Error::BackingUnavailable {
+                    backing: Backing::SecretMem,
+                    reason,
+                }) => reason.contains(says),
+                _ => false,
+            };
+            let first = unavailable(crate::system::check_secret_memory());
+            // Remembered: a second call does not probe, whatever is planned.
+            fault::fail_next(Op::ProbeSecretMem, libc::EMFILE);
+            let second = unavailable(crate::system::check_secret_memory());
+            let probed_again = fault::take_planned().is_empty();
+            match (first, second, probed_again) {
+                (true, true, false) => 0,
+                (false, _, _) => 1,
+                (true, false, _) => 2,
+                (true, true, true) => 3,
+            }
+        })
+        .unwrap_or(4);
+        // SAFETY: leave the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    assert_eq!(
+        exit_code_of(pid),
+        0,
+        "errno {errno}: not unavailable saying {says:?} (1), not remembered (2), probed again \
+         (3), panicked (4)"
+    );
+}

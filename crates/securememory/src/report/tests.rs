@@ -55,3 +55,23 @@ fn without_abort_a_corrupted_canary_is_an_error_and_the_bytes_stay() {
     assert!(secret.with_bytes(|b| b == [0xab; 32]).unwrap());
     assert!(matches!(secret.close(), Err(Error::Corrupted)));
 }
+
+/// What a builder chose for reports shows in its `Debug`: a callback as a placeholder (it has no
+/// `Debug` of its own), the rest as they are.
+#[test]
+fn report_choices_show_what_was_chosen() {
+    let mut choices = ReportChoices {
+        report: Report::Silent,
+        on_degraded: None,
+        on_corruption: OnCorruption::Abort,
+    };
+    assert_eq!(
+        format!("{choices:?}"),
+        "ReportChoices { report: Silent, on_degraded: None, on_corruption: Abort }"
+    );
+    choices.on_degraded = Some(Arc::new(|_| ()));
+    assert!(
+        format!("{choices:?}").contains("on_degraded: Some(\"<callback>\")"),
+        "{choices:?}"
+    );
+}

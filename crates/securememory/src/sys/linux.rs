@@ -136,7 +136,7 @@ pub(super) fn secretmem_support() -> SecretMemSupport {
     // The probe's descriptor is empty, but a child has no business with it either.
     let probed = {
         let _no_fork = ForkExclusion::hold();
-        memfd_secret()
+        probe_memfd_secret()
     };
     match probed {
         Ok(_fd) => {
@@ -160,6 +160,12 @@ pub(super) fn secretmem_support() -> SecretMemSupport {
             }),
         },
     }
+}
+
+fn probe_memfd_secret() -> io::Result<OwnedFd> {
+    #[cfg(test)]
+    super::fault::check(super::Op::ProbeSecretMem)?;
+    memfd_secret()
 }
 
 /// Why `memfd_secret(2)` is refused for good, in words.

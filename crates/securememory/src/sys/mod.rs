@@ -84,6 +84,9 @@ pub(crate) enum Op {
     ExcludeFromDump,
     ExcludeFromFork,
     Random,
+    /// The probe of whether `memfd_secret(2)` is offered at all.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    ProbeSecretMem,
     /// Tagging pages with a protection key (`pkey_mprotect`).
     #[cfg_attr(
         not(all(target_os = "linux", target_arch = "x86_64")),

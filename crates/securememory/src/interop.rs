@@ -162,3 +162,96 @@ mod secrecy_support {
         }
     }
 }
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use crate::{Error, Secret};
+    use serde::de::{self, Deserialize, Deserializer, IntoDeserializer, Visitor};
+
+    fn bytes_of(secret: &Secret) -> Vec<u8> {
+        secret.with_bytes(<[u8]>::to_vec).unwrap()
+    }
+
+    /// Hands its bytes to the visitor as an owned buffer, as binary formats may.
+    struct OwnedBytes(Vec<u8>);
+
+    impl<'de> Deserializer<'de> for OwnedBytes {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            visitor.visit_byte_buf(self.0)
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+            identifier ignored_any
+        }
+    }
+
+    #[test]
+    fn every_shape_of_input_makes_a_secret_of_its_bytes() {
+        let from_text: Secret = serde_json::from_str(r#""s3cr3t""#).unwrap();
+        assert_eq!(bytes_of(&from_text), b"s3cr3t");
+        let escaped: Secret = serde_json::from_str(r#""a\"b""#).unwrap();
+        assert_eq!(bytes_of(&escaped), b"a\"b");
+        let owned: Secret =
+            serde_json::from_value(serde_json::Value::String("owned".into())).unwrap();
+        assert_eq!(bytes_of(&owned), b"owned");
+        let borrowed: Secret = Secret::deserialize(
+            de::value::BytesDeserializer::<de::value::Error>::new(b"raw"),
+        )
+        .unwrap();
+        assert_eq!(bytes_of(&borrowed), b"raw");
+        let buffer: Secret = Secret::deserialize(OwnedBytes(vec![1, 2, 3])).unwrap();
+        assert_eq!(bytes_of(&buffer), [1, 2, 3]);
+        // A sequence long enough to outgrow the buffer a few times.
+        let values: Vec<u8> = (0..=200).collect();
+        let sequence: Secret =
+            serde_json::from_str(&serde_json::to_string(&values).unwrap()).unwrap();
+        assert_eq!(bytes_of(&sequence), values);
+        // A sequence that says its length up front.
+        let hinted = Secret::deserialize(IntoDeserializer::<de::value::Error>::into_deserializer(
+            values.clone(),
+        ))
+        .unwrap();
+        assert_eq!(bytes_of(&hinted), values);
+    }
+
+    #[test]
+    fn what_is_no_secret_is_refused_saying_why() {
+        let empty = serde_json::from_str::<Secret>(r#""""#)
+            .unwrap_err()
+            .to_string();
+        assert!(empty.contains(&Error::InvalidLength.to_string()), "{empty}");
+        let number = serde_json::from_str::<Secret>("5").unwrap_err().to_string();
+        assert!(
+            number.contains(
+                "expected a secret: a non-empty string, bytes, or a sequence of byte values"
+            ),
+            "{number}"
+        );
+        assert!(serde_json::from_str::<Secret>("[1, 256]").is_err());
+    }
+}
+
+#[cfg(all(test, feature = "secrecy"))]
+mod secrecy_tests {
+    use crate::{ProtectedMemorySecretFactory, Secret};
+    use secrecy::{ExposeSecret, SecretSlice, SecretString};
+
+    #[test]
+    fn secrecy_boxes_convert_both_ways_with_their_bytes() {
+        let factory = ProtectedMemorySecretFactory::DEFAULT;
+        let from_slice = factory
+            .from_secret_slice(SecretSlice::from(vec![4, 5, 6]))
+            .unwrap();
+        assert!(from_slice.with_bytes(|b| b == [4, 5, 6]).unwrap());
+        let from_string = factory
+            .from_secret_string(SecretString::from("pass"))
+            .unwrap();
+        assert!(from_string.with_bytes(|b| b == b"pass").unwrap());
+        let secret = Secret::from_vec(vec![9, 8]).unwrap();
+        assert_eq!(secret.to_secret_slice().unwrap().expose_secret(), &[9, 8]);
+    }
+}

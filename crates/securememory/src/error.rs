@@ -397,6 +397,23 @@ mod tests {
         }
     }
 
+    /// Running out of descriptors or memory says which, and what to do.
+    #[cfg(unix)]
+    #[test]
+    fn os_errors_of_exhaustion_say_what_ran_out() {
+        for (errno, says) in [
+            (libc::EMFILE, "mmap failed: RLIMIT_NOFILE is reached"),
+            (libc::ENFILE, "mmap failed: fs.file-max is reached"),
+            (libc::ENOMEM, "mmap failed: the system is out of memory"),
+            (libc::EINVAL, "mmap failed"),
+        ] {
+            let message = Error::os("mmap", io::Error::from_raw_os_error(errno)).to_string();
+            assert!(message.starts_with(says), "{message}");
+        }
+        let plain = Error::os("mmap", io::Error::from_raw_os_error(libc::EINVAL)).to_string();
+        assert_eq!(plain, "mmap failed");
+    }
+
     #[test]
     fn remedies_are_in_the_message() {
         let messages: Vec<String> = every_variant().iter().map(ToString::to_string).collect();

@@ -839,3 +839,44 @@ fn a_child_forked_while_secrets_come_and_go_makes_and_purges_its_own() {
     stop.store(true, Ordering::Relaxed);
     maker.join().unwrap().unwrap();
 }
+
+/// A grandchild is a fork of its parent as much as a child is: the secrets its parent (itself a
+/// forked child) made are refused to it, and the ones it makes are its own.
+#[test]
+fn a_grandchild_is_refused_the_secrets_its_forked_parent_made() {
+    common::in_child_process!();
+    let pid = fork();
+    if pid == 0 {
+        run_child(|| {
+            let secret = common::default_factory().new(&mut [3; 16]).unwrap();
+            if !secret.with_bytes(|b| b == [3; 16]).unwrap_or(false) {
+                return 1;
+            }
+            let grandchild = fork();
+            if grandchild == 0 {
+                run_child(|| {
+                    let refused = refuses_access(&secret, 2);
+                    if refused != 0 {
+                        return refused;
+                    }
+                    let own = common::default_factory().new(&mut [4; 16]).unwrap();
+                    if own.with_bytes(|b| b == [4; 16]).unwrap_or(false) {
+                        0
+                    } else {
+                        3
+                    }
+                });
+            }
+            match wait_for(grandchild) {
+                End::Exited(code) => code,
+                _ => 4,
+            }
+        });
+    }
+    let end = wait_for(pid);
+    assert!(
+        matches!(end, End::Exited(0)),
+        "the child could not use its own secret (1), the grandchild was not refused its \
+         parent's (2) or could not use its own (3), or ended otherwise (4): {end}"
+    );
+}

@@ -240,3 +240,21 @@ pub(super) fn barrier_all_threads() -> bool {
     }
     done
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Every thread is made to fence exactly where the kernel offers the private expedited
+    /// barrier, registering the process for it first.
+    #[test]
+    fn every_thread_is_made_to_fence_where_the_kernel_offers_it() {
+        const QUERY: libc::c_int = 0;
+        const PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+        // SAFETY: a query of the supported commands touches no memory of ours.
+        let supported = unsafe { libc::syscall(libc::SYS_membarrier, QUERY, 0, 0) };
+        let offered = supported >= 0 && supported & PRIVATE_EXPEDITED != 0;
+        assert_eq!(barrier_all_threads(), offered, "supported: {supported:#x}");
+        assert_eq!(barrier_all_threads(), offered);
+    }
+}

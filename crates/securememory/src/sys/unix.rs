@@ -252,3 +252,37 @@ pub(super) fn write_remedy(f: &mut fmt::Formatter<'_>, error: &io::Error) -> fmt
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_call_gives_its_errno_and_a_successful_one_its_result() {
+        assert!(check(0).is_ok());
+        // SAFETY: an unaligned address makes mprotect fail with EINVAL, changing nothing.
+        let refused = unsafe {
+            libc::mprotect(
+                std::ptr::without_provenance_mut::<libc::c_void>(1),
+                4096,
+                libc::PROT_READ,
+            )
+        };
+        assert_eq!(refused, -1);
+        assert_eq!(
+            check(refused).unwrap_err().raw_os_error(),
+            Some(libc::EINVAL)
+        );
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(check_syscall(0).unwrap(), 0);
+            assert_eq!(check_syscall(7).unwrap(), 7);
+            // SAFETY: closing a descriptor that cannot exist fails with EBADF.
+            let refused = unsafe { libc::syscall(libc::SYS_close, -1) };
+            assert_eq!(
+                check_syscall(refused).unwrap_err().raw_os_error(),
+                Some(libc::EBADF)
+            );
+        }
+    }
+}

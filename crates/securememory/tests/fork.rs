@@ -841,15 +841,24 @@ fn a_child_forked_while_secrets_come_and_go_makes_and_purges_its_own() {
 }
 
 /// A grandchild is a fork of its parent as much as a child is: the secrets its parent (itself a
-/// forked child) made are refused to it, and the ones it makes are its own.
+/// forked child) made are refused to it and are not among its live secrets, and what it makes
+/// (sealed secrets, with a key of its own, included) is its own.
 #[test]
 fn a_grandchild_is_refused_the_secrets_its_forked_parent_made() {
     common::in_child_process!();
+    let sealed = || {
+        common::builder()
+            .strategy(securememory::Strategy::Sealed)
+            .build()
+    };
     let pid = fork();
     if pid == 0 {
         run_child(|| {
             let secret = common::default_factory().new(&mut [3; 16]).unwrap();
-            if !secret.with_bytes(|b| b == [3; 16]).unwrap_or(false) {
+            let sealed_secret = sealed().new(&mut [5; 16]).unwrap();
+            if !secret.with_bytes(|b| b == [3; 16]).unwrap_or(false)
+                || !sealed_secret.with_bytes(|b| b == [5; 16]).unwrap_or(false)
+            {
                 return 1;
             }
             let grandchild = fork();
@@ -859,8 +868,14 @@ fn a_grandchild_is_refused_the_secrets_its_forked_parent_made() {
                     if refused != 0 {
                         return refused;
                     }
+                    if !securememory::live_secrets().is_empty() {
+                        return 5;
+                    }
                     let own = common::default_factory().new(&mut [4; 16]).unwrap();
-                    if own.with_bytes(|b| b == [4; 16]).unwrap_or(false) {
+                    let own_sealed = sealed().new(&mut [6; 16]).unwrap();
+                    if own.with_bytes(|b| b == [4; 16]).unwrap_or(false)
+                        && own_sealed.with_bytes(|b| b == [6; 16]).unwrap_or(false)
+                    {
                         0
                     } else {
                         3
@@ -876,7 +891,8 @@ fn a_grandchild_is_refused_the_secrets_its_forked_parent_made() {
     let end = wait_for(pid);
     assert!(
         matches!(end, End::Exited(0)),
-        "the child could not use its own secret (1), the grandchild was not refused its \
-         parent's (2) or could not use its own (3), or ended otherwise (4): {end}"
+        "the child could not use its own secrets (1), the grandchild was not refused its \
+         parent's (2), listed them as its own (5), could not use its own (3), or ended \
+         otherwise (4): {end}"
     );
 }

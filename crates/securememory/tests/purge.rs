@@ -362,14 +362,25 @@ fn an_interrupted_wait_of_the_hook_goes_on() {
         }
         securememory::purge_on_termination().unwrap();
         let secret = common::default_factory().create_random(16).unwrap();
-        let hook_thread = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .map(|task| task.unwrap().path())
-            .find(|task| {
-                std::fs::read_to_string(task.join("comm"))
-                    .is_ok_and(|comm| comm.starts_with("securememory-pu"))
-            })
-            .expect("the hook's thread");
+        // The thread names itself once it runs.
+        let started = Instant::now();
+        let hook_thread = loop {
+            let named = std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .map(|task| task.unwrap().path())
+                .find(|task| {
+                    std::fs::read_to_string(task.join("comm"))
+                        .is_ok_and(|comm| comm.starts_with("securememory-pu"))
+                });
+            if let Some(task) = named {
+                break task;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no hook thread"
+            );
+            thread::sleep(Duration::from_millis(1));
+        };
         let tid: libc::pid_t = hook_thread
             .file_name()
             .unwrap()

@@ -851,6 +851,9 @@ fn a_grandchild_is_refused_the_secrets_its_forked_parent_made() {
             .strategy(securememory::Strategy::Sealed)
             .build()
     };
+    // A secret of this process first, so that the child's epoch is one it takes after a fork,
+    // not the first of the line.
+    let parents = common::default_factory().new(&mut [1; 16]).unwrap();
     let pid = fork();
     if pid == 0 {
         run_child(|| {
@@ -889,6 +892,7 @@ fn a_grandchild_is_refused_the_secrets_its_forked_parent_made() {
         });
     }
     let end = wait_for(pid);
+    drop(parents);
     assert!(
         matches!(end, End::Exited(0)),
         "the child could not use its own secrets (1), the grandchild was not refused its \

@@ -697,3 +697,47 @@ fn disabling_core_dumps_zeroes_the_soft_limit_and_keeps_the_hard_one() {
     );
     set_core_limit(&start);
 }
+
+/// Secret memory asked for by name is not traded for anonymous memory past the lock limit,
+/// whatever the locking policy (only `Backing::Auto` falls back): the error says so instead.
+#[test]
+fn secret_memory_asked_for_by_name_past_the_lock_limit_is_an_error_not_a_fallback() {
+    common::in_child_process!();
+    if !common::kernel_offers_secret_memory() {
+        println!("note: this kernel offers no secret memory");
+        return;
+    }
+    limit_memory_locking();
+    for mlock in [
+        MlockPolicy::BestEffort,
+        MlockPolicy::Disabled,
+        MlockPolicy::Required,
+    ] {
+        let factory = common::builder()
+            .backing(Backing::SecretMem)
+            .strategy(Strategy::PageProtection)
+            .mlock(mlock)
+            .build();
+        let mut held = Vec::new();
+        let error = loop {
+            match factory.new(&mut [1; 100]) {
+                Ok(secret) => {
+                    assert_eq!(secret.protection().backing, Backing::SecretMem, "{mlock:?}");
+                    held.push(secret);
+                    assert!(held.len() <= 16, "{mlock:?}: more pages than the limit");
+                }
+                Err(error) => break error,
+            }
+        };
+        assert!(
+            matches!(
+                error,
+                Error::MemoryLockLimit {
+                    backing: Backing::SecretMem,
+                    ..
+                }
+            ),
+            "{mlock:?}: {error:?}"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 use super::{
-    build_cipher, scratch_area, scratch_len, Keeper, Sealed, COUNTER_LEN, HEADER_LEN,
-    KEPT_SCRATCH_PAGES, MAX_LEN, NONCE_LEN, SCRUBBED_AFTER_KEY_SETUP, SCRUBBED_STACK,
+    build_cipher, scratch_area, scratch_len, Sealed, COUNTER_LEN, HEADER_LEN, MAX_LEN, NONCE_LEN,
+    SCRUBBED_AFTER_KEY_SETUP, SCRUBBED_STACK,
 };
 use crate::region::{Memory, CANARY_LEN};
 use crate::secret::{Shared, Store};
@@ -427,7 +427,8 @@ fn the_key_setup_stays_within_the_stack_wiped_after_it() {
 }
 
 /// The cipher state (round keys, hash key) of `keeper`, copied out of its page.
-fn cipher_state(keeper: &Keeper) -> Vec<u8> {
+#[cfg(target_arch = "x86_64")]
+fn cipher_state(keeper: &super::Keeper) -> Vec<u8> {
     keeper.with_cipher(true, |cipher| {
         // SAFETY: the cipher is a live value of its size; its bytes are only copied.
         unsafe {
@@ -507,7 +508,7 @@ fn vector_register_lanes() -> Vec<[u8; 16]> {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn making_a_keeper_leaves_no_cipher_state_in_vector_registers() {
-    let keeper = Keeper::new(Memory::Anonymous).unwrap();
+    let keeper = super::Keeper::new(Memory::Anonymous).unwrap();
     let lanes = vector_register_lanes();
     let state = cipher_state(&keeper);
     let secret_lanes: Vec<&[u8]> = state
@@ -543,9 +544,10 @@ fn a_scratch_area_is_the_fewest_pages_that_hold_the_plaintext() {
 
 /// The thread keeps its scratch area across accesses (no mapping per access) up to the kept
 /// size; a larger secret gets an area of its own, unmapped after the access.
+#[cfg(target_os = "linux")]
 #[test]
 fn scratch_areas_are_kept_up_to_the_kept_size_and_made_apart_beyond() {
-    let most_kept = scratch_len(KEPT_SCRATCH_PAGES);
+    let most_kept = scratch_len(super::KEPT_SCRATCH_PAGES);
     std::thread::spawn(move || {
         for len in [64, most_kept] {
             let secret = factory().new(&mut vec![3; len]).unwrap();
@@ -649,7 +651,7 @@ fn the_ciphertext_is_freed_on_close_and_on_drop() {
     let len = 256 << 10;
     for way in ["close", "drop", "a seal's drop"] {
         let (address, freed): (usize, Box<dyn FnOnce()>) = if way == "a seal's drop" {
-            let keeper = Keeper::get(Memory::Anonymous).unwrap();
+            let keeper = super::Keeper::get(Memory::Anonymous).unwrap();
             let plaintext = super::Plaintext::take(Memory::Anonymous, len).unwrap();
             let seal = Sealed::seal(keeper, plaintext, true).unwrap();
             (

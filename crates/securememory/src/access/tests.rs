@@ -1030,6 +1030,28 @@ fn published_reads_begin_and_end_without_taking_the_mutex() {
     done.expect("a published read waited for the mutex");
 }
 
+/// A published read names its own secret: a writer of another secret does not wait for it, and
+/// that other secret does not count as read.
+#[test]
+fn a_writer_passes_published_readers_of_other_secrets() {
+    let (read, written) = (per_thread(), per_thread());
+    let (reader_in, reader_leave, reader) = spawn_line_reader(&read, Entry::Fresh);
+    assert!(expect_signal(&reader_in, "the reader got in").unwrap());
+    assert!(published(&read.access));
+    assert!(
+        !published(&written.access),
+        "a read of one secret was taken for a read of another"
+    );
+    let (writer_in, writer_leave, writer) = spawn_per_thread_writer(&written);
+    let got_in = writer_in.recv_timeout(DEADLINE);
+    reader_leave.send(()).unwrap();
+    reader.join().unwrap();
+    got_in.expect("a writer waited for a reader of another secret");
+    writer_leave.send(()).unwrap();
+    writer.join().unwrap();
+    assert_idle(&written.access);
+}
+
 #[test]
 fn a_writer_waits_for_published_readers_and_fresh_readers_queue_behind_it() {
     let shared = per_thread();

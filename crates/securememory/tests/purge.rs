@@ -414,3 +414,48 @@ fn an_interrupted_wait_of_the_hook_goes_on() {
         "died of the signal: {status}\n{stderr}"
     );
 }
+
+/// The hook's signal handler leaves `errno` as the interrupted code had it, even when its write
+/// fails: the hook's thread takes the first signal's byte and then waits in the purge for the
+/// access this thread holds, so the next signals fill the pipe (64 KiB) and the handler's
+/// writes fail with `EAGAIN` (they must not block: that would hang the process in its handler).
+#[test]
+fn the_hooks_handler_keeps_errno_and_never_blocks_on_a_full_pipe() {
+    const SIGNALS: u32 = 1 << 17;
+    const SET: libc::c_int = 4242;
+    let test = common::this_test!();
+    if common::is_child(test) {
+        securememory::purge_on_termination().unwrap();
+        let held = common::default_factory().create_random(16).unwrap();
+        held.with_bytes(|_| {
+            for sent in 0..SIGNALS {
+                // SAFETY: this thread's errno; a signal to this thread, handled by the hook.
+                let errno = unsafe {
+                    *libc::__errno_location() = SET;
+                    let tid = libc::gettid();
+                    let sent = libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGTERM);
+                    assert_eq!(sent, 0, "tgkill");
+                    *libc::__errno_location()
+                };
+                if errno != SET {
+                    println!("ERRNO {errno} AFTER SIGNAL {sent}");
+                    return;
+                }
+            }
+            println!("ERRNO KEPT");
+        })
+        .unwrap();
+        thread::sleep(Duration::from_secs(5));
+        panic!("the purge did not end the process once the access ended");
+    }
+    let (status, stdout, stderr) = common::run_child(test);
+    assert!(
+        stdout.contains("ERRNO KEPT"),
+        "the handler changed errno: {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGTERM),
+        "died of the signal once the access ended: {status}\n{stderr}"
+    );
+}

@@ -659,7 +659,8 @@ fn a_child_made_with_the_raw_fork_system_call_is_refused_access() {
 }
 
 /// Closing a multi-page secret in a forked child unmaps the guard pages the child inherited
-/// (both of them), whether or not its data pages were left out of the fork.
+/// (both of them), whether or not its data pages were left out of the fork, and the data pages
+/// where the child has them (wiped on fork rather than left out).
 #[test]
 fn closing_in_a_forked_child_unmaps_both_guard_pages() {
     common::in_child_process!();
@@ -683,14 +684,16 @@ fn closing_in_a_forked_child_unmaps_both_guard_pages() {
                 if secret.close().is_err() {
                     return 4;
                 }
-                i32::from(common::is_mapped(leading)) | i32::from(common::is_mapped(trailing)) << 1
+                i32::from(common::is_mapped(leading))
+                    | i32::from(common::is_mapped(trailing)) << 1
+                    | i32::from(common::is_mapped(leading + page)) << 3
             });
         }
         let end = wait_for(pid);
         assert!(
             matches!(end, End::Exited(0)),
             "{label}: the child ended {end} (1: leading guard left, 2: trailing guard left, \
-             3: both, 4: close failed)"
+             3: both, 4: close failed, 8 and more: data pages left)"
         );
         assert!(
             common::is_mapped(leading),

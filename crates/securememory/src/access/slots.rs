@@ -415,7 +415,7 @@ mod tests {
     fn claiming_a_line_decides_the_publication_barrier() {
         let table = Table::new();
         table.claim(3).unwrap();
-        let expected = if crate::sys::barrier_all_threads() {
+        let expected = if crate::sys::os_offers_barrier_all_threads() {
             ASYMMETRIC
         } else {
             FENCED

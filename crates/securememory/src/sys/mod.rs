@@ -458,6 +458,25 @@ pub(crate) fn barrier_all_threads() -> bool {
     }
 }
 
+/// Whether the OS itself says [`barrier_all_threads`] can work here (not asking that function):
+/// what tests of it, and of what is built on it, compare with.
+#[cfg(test)]
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn os_offers_barrier_all_threads() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        os::kernel_offers_barrier_all_threads()
+    }
+    #[cfg(windows)]
+    {
+        true
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
+    {
+        false
+    }
+}
+
 /// Installs the fork handlers (and, on Linux, the epoch's witness page) if that has not happened
 /// yet. Call it before anything worth protecting exists, so that no fork goes unseen.
 pub(crate) fn install_fork_handlers() {

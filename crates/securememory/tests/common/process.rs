@@ -35,10 +35,15 @@ pub fn within<R: Send + 'static>(limit: Duration, body: impl FnOnce() -> R + Sen
 
 /// Ends the whole test process if it is still running after `DEADLINE` × 5, so that a deadlock
 /// in a test that has no deadline of its own fails the run instead of hanging it. Idempotent.
+///
+/// Returns once the watchdog's thread runs: a thread starting maps memory of its own (its
+/// signal stack), which must not land where a test has just unmapped a secret and is looking.
 pub fn watchdog() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
-        thread::spawn(|| {
+        let (running_tx, running) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            running_tx.send(()).unwrap();
             thread::sleep(DEADLINE * 5);
             eprintln!(
                 "test process still running after {:?}: deadlock?",
@@ -46,6 +51,7 @@ pub fn watchdog() {
             );
             std::process::exit(101);
         });
+        running.recv().unwrap();
     });
 }
 
